@@ -1,0 +1,42 @@
+"""Image to patch tokens, with an input check that names the expected and actual shapes."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, img_size: int | tuple[int, int], patch_size: int | tuple[int, int], in_chans: int, dim: int):
+        super().__init__()
+        self.img_size = _pair(img_size)
+        self.patch_size = _pair(patch_size)
+        self.in_chans = in_chans
+        for side, patch in zip(self.img_size, self.patch_size):
+            if side % patch != 0:
+                raise ValueError(f"image size {self.img_size} is not divisible by patch size {self.patch_size}")
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=self.patch_size, stride=self.patch_size)
+        # big_vision initialises the embedding like a lecun-normal dense layer over the flattened patch.
+        fan_in = in_chans * self.patch_size[0] * self.patch_size[1]
+        nn.init.trunc_normal_(self.proj.weight, std=math.sqrt(1.0 / fan_in))
+        nn.init.zeros_(self.proj.bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        expected = (self.in_chans, *self.img_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(x.shape)}; build the model with img_size/in_chans matching the data "
+                f"(e.g. create_model(name, img_size={x.shape[-1] if x.ndim == 4 else '...'}))"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.proj(x).flatten(2).transpose(1, 2)
