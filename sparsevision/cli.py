@@ -8,9 +8,9 @@ import argparse
 import importlib
 import sys
 
-# name -> module; modules are imported only when their command runs, so `--help` stays fast.
+# name -> module. Every module is imported to build the parser, so command modules import only argparse at the
+# top and do their heavy imports inside `run`, which keeps `sparsevision --help` fast.
 COMMANDS: dict[str, str] = {
-    "train": "sparsevision.train.cli",
     "models": "sparsevision.models.cli",
 }
 

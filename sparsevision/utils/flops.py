@@ -1,0 +1,51 @@
+"""Forward FLOPs of a model on one image, counted by torch's own `FlopCounterMode`.
+
+FLOPs are multiply-adds x 2; papers that quote "GFLOPs" for ViTs usually quote multiply-adds, i.e. half of this.
+For MoE layers the count is the work actually done on the capacity buffers, which is what the hardware pays for.
+
+The model runs for real (CPU, batch 1, no grad). torch's counter does not know every fused attention kernel (the
+CPU flash-attention op is not counted, while on the meta device attention is counted twice), so the attention
+core (QK^T and AV: 4 * heads * N_q * N_k * head_dim) is added from forward hooks whenever no
+scaled-dot-product op shows up in the count.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..layers import Attention
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:
+        raise ValueError(f"cannot infer the input size of {type(model).__name__}; pass input_shape=(C, H, W)")
+    return (embed.in_chans, *embed.img_size)
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
+    """Total forward FLOPs for one example of `input_shape` (default: the model's own image size)."""
+    shape = input_shape or _input_shape(model)
+    attention_flops = []
+
+    def record(module, inputs, output):
+        batch, tokens, width = inputs[0].shape
+        attention_flops.append(4 * tokens * tokens * width)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, Attention)]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(torch.zeros(1, *shape, device=device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    counted_ops = {str(op) for op in counter.get_flop_counts().get("Global", {})}
+    attention_counted = any("scaled_dot_product" in op for op in counted_ops)
+    return counter.get_total_flops() + (0 if attention_counted else sum(attention_flops))

@@ -1,0 +1,39 @@
+import sparsevision
+from sparsevision.utils.flops import count_flops
+
+
+def vit_flops_by_hand(tokens_per_block, width, mlp_dim, patch_flops, head_flops, merger_flops=0):
+    """2 x multiply-adds of every matmul in the encoder, one entry of tokens_per_block per block."""
+    total = patch_flops + head_flops + merger_flops
+    for n in tokens_per_block:
+        total += 2 * n * width * 3 * width  # qkv projection
+        total += 2 * 2 * n * n * width  # QK^T and attention-weighted sum of V
+        total += 2 * n * width * width  # output projection
+        total += 2 * 2 * n * width * mlp_dim  # the two MLP layers
+    return total
+
+
+def test_vit_flops_match_hand_count():
+    model = sparsevision.create_model("vit_tiny_test", depth=4, num_classes=10)
+    width, mlp, patches = 32, 64, 16
+    expected = vit_flops_by_hand([patches] * 4, width, mlp, 2 * patches * 3 * 8 * 8 * width, 2 * width * 10)
+    assert count_flops(model) == expected
+
+
+def test_vit_b16_matches_paper_gflops():
+    # ViT paper / DeiT quote 17.6 GFLOPs (multiply-adds) for ViT-B/16 at 224px.
+    gmacs = count_flops(sparsevision.create_model("vit_b16")) / 2e9
+    assert 17.5 < gmacs < 17.65
+
+
+def test_patch_merger_saving_is_counted():
+    dense = sparsevision.create_model("vit_tiny_test", depth=4)
+    merged = sparsevision.create_model("vit_tiny_test", depth=4, patch_merger_after=1, patch_merger_tokens=4)
+    width, mlp, patches = 32, 64, 16
+    expected = vit_flops_by_hand(
+        [patches, patches, 4, 4], width, mlp,
+        2 * patches * 3 * 8 * 8 * width, 2 * width * 10,
+        merger_flops=2 * 4 * patches * width * 2,  # query scores and the weighted sum
+    )
+    assert count_flops(merged) == expected
+    assert count_flops(merged) < count_flops(dense)
