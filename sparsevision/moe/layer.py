@@ -1,0 +1,98 @@
+"""`MoeMlp`: the sparse MoE replacement of a transformer MLP = router + dispatcher + experts + combine.
+
+As the official `MlpMoeBlock` (`vmoe/nn/vit_moe.py`): tokens [B, N, D] are flattened and cut into groups of
+`group_size` consecutive tokens, each routed independently, and the layer returns `(output, metrics)`. Tokens whose
+choices were all dropped get a zero output, so in a pre-norm residual block the residual carries them unchanged.
+
+Group size: V-MoE used `group_size = 8 images x tokens per image` per device (so groups span images); Soft MoE and
+the expert-choice baselines of the Soft MoE paper route each image alone. Here `group_size=None` means one group per
+image (N tokens), which is independent of batch size and device count; pass an int for V-MoE's setting.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .capacity import CeilOrRound, compute_capacity
+from .dispatch import DISPATCHERS, make_dispatcher
+from .experts import Experts
+from .metrics import MoeMetrics
+from .routers import NoisyTopExpertsPerItemRouter, NoisyTopItemsPerExpertRouter, SoftRouter
+
+ROUTERS = ("top_k", "expert_choice", "soft")
+
+
+class MoeMlp(nn.Module):
+    """Sparse MoE of MLPs.
+
+    router: "top_k" (V-MoE, k choices per token, capacity buffers, optional BPR, aux losses), "expert_choice"
+        (each expert picks its top-C tokens) or "soft" (Soft MoE, `num_slots` slots per expert).
+    capacity_factor / eval_capacity_factor: capacity in training / eval (eval defaults to the training one); change
+        them without retraining with `set_capacity_factor`. Ignored by "soft".
+    num_slots (soft): slots per expert; if None it is derived from `capacity_factor` and `group_size` as the official
+        soft router does (`compute_capacity(group_size, E, capacity_factor, "round", multiple_of=1)`).
+    noise_std: top-k / expert-choice use logit noise of std noise_std / num_experts in training; soft uses noise_std
+        itself (official default 0, so pass `noise_std=0.0` for soft to match; the default 1.0 is V-MoE's).
+    dispatcher: "index" (fast gather / scatter) or "einsum" (dense reference); both compute the same function.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_experts: int, router: str = "top_k", k: int = 1,
+                 capacity_factor: float = 1.0, eval_capacity_factor: float | None = None,
+                 group_size: int | None = None, batch_priority: bool = False, noise_std: float = 1.0,
+                 importance_loss_weight: float = 1.0, load_loss_weight: float = 1.0, gshard_loss_weight: float = 0.0,
+                 num_slots: int | None = None, dropout: float = 0.0, dispatcher: str = "index",
+                 capacity_ceil_or_round: CeilOrRound = "ceil", capacity_multiple_of: int | None = 4,
+                 shared_expert_init: bool = False):
+        super().__init__()
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got router={router!r}")
+        if dispatcher not in DISPATCHERS:
+            raise ValueError(f"dispatcher must be one of {DISPATCHERS}, got dispatcher={dispatcher!r}")
+        if group_size is not None and group_size < 1:
+            raise ValueError(f"group_size must be None or >= 1, got group_size={group_size}")
+        self.dim, self.num_experts, self.group_size = dim, num_experts, group_size
+        self.router_name, self.dispatcher = router, dispatcher
+        if router == "top_k":
+            self.router = NoisyTopExpertsPerItemRouter(
+                dim, num_experts, k=k, capacity_factor=capacity_factor, eval_capacity_factor=eval_capacity_factor,
+                batch_priority=batch_priority, noise_std=noise_std, importance_loss_weight=importance_loss_weight,
+                load_loss_weight=load_loss_weight, gshard_loss_weight=gshard_loss_weight,
+                capacity_ceil_or_round=capacity_ceil_or_round, capacity_multiple_of=capacity_multiple_of)
+        elif router == "expert_choice":
+            self.router = NoisyTopItemsPerExpertRouter(
+                dim, num_experts, capacity_factor=capacity_factor, eval_capacity_factor=eval_capacity_factor,
+                noise_std=noise_std, capacity_ceil_or_round=capacity_ceil_or_round,
+                capacity_multiple_of=capacity_multiple_of)
+        else:
+            if num_slots is None:
+                if group_size is None:
+                    raise ValueError("router='soft' needs num_slots, or group_size to derive it from capacity_factor")
+                num_slots = compute_capacity(group_size, num_experts, capacity_factor, "round", multiple_of=1)
+            self.router = SoftRouter(dim, num_experts, num_slots, noise_std=noise_std)
+        self.experts = Experts(num_experts, dim, hidden_dim, dropout=dropout, shared_init=shared_expert_init)
+
+    def set_capacity_factor(self, train: float | None = None, eval: float | None = None) -> None:
+        """Change the training and/or eval capacity factor (no effect on soft routing)."""
+        if isinstance(self.router, SoftRouter):
+            return
+        self.router.set_capacity_factor(train=train, eval=eval)
+
+    def load_dense_mlp_(self, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> "MoeMlp":
+        """Sparse Upcycling: copy a dense MLP (nn.Linear layout) into every expert."""
+        self.experts.load_dense_mlp_(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoeMetrics]:
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"MoeMlp input must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
+        b, n, d = x.shape
+        group_size = self.group_size or n
+        if (b * n) % group_size:
+            raise ValueError(f"group_size={group_size} must divide batch*tokens={b}*{n}={b * n}")
+        groups = x.reshape(-1, group_size, d)
+        routing = self.router(groups)
+        dispatcher = make_dispatcher(routing, group_size, self.dispatcher)
+        y = dispatcher.combine(self.experts(dispatcher.dispatch(groups)))
+        metrics = routing.metrics
+        metrics.top_expert = metrics.top_expert.reshape(b, n)
+        return y.reshape(b, n, -1).to(x.dtype), metrics
