@@ -41,7 +41,9 @@ def _check_square(logits: torch.Tensor) -> None:
 
 
 def _as_tensor(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
 
 def _cosine(img_emb: torch.Tensor, txt_emb: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -184,5 +186,5 @@ class SigLipLoss(nn.Module):
     def forward(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = siglip_logits(img_emb, txt_emb, self.log_scale, self.bias, self.normalize)
         loss = siglip_loss_from_logits(logits)
-        metrics = {"scale": self.log_scale.detach().exp(), "bias": self.bias.detach(), **_retrieval_metrics(logits.detach())}
-        return loss, metrics
+        scale, bias = self.log_scale.detach().exp(), self.bias.detach()
+        return loss, {"scale": scale, "bias": bias, **_retrieval_metrics(logits.detach())}

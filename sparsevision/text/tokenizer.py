@@ -116,7 +116,12 @@ class WordTokenizer(_SpecialsTokenizer):
     specials = ("<pad>", "<bos>", "<eos>", "<unk>")
 
     def __init__(
-        self, vocab: Sequence[str], max_len: int = 32, lowercase: bool = True, add_bos: bool = True, add_eos: bool = True
+        self,
+        vocab: Sequence[str],
+        max_len: int = 32,
+        lowercase: bool = True,
+        add_bos: bool = True,
+        add_eos: bool = True,
     ):
         super().__init__(max_len, add_bos, add_eos)
         words = [w for w in vocab if w not in self.specials]
@@ -165,7 +170,7 @@ class SentencePieceTokenizer(_SpecialsTokenizer):
         try:
             import sentencepiece
         except ImportError as err:
-            raise ImportError("SentencePieceTokenizer needs the 'sentencepiece' package: pip install sentencepiece") from err
+            raise ImportError("SentencePieceTokenizer needs 'sentencepiece': pip install sentencepiece") from err
         self.sp = sentencepiece.SentencePieceProcessor(model_file=os.fspath(path))
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else 0
