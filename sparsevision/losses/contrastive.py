@@ -47,6 +47,10 @@ def _as_tensor(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
 
 
 def _cosine(img_emb: torch.Tensor, txt_emb: torch.Tensor, normalize: bool) -> torch.Tensor:
+    if img_emb.dtype in (torch.float16, torch.bfloat16):
+        # Under autocast the towers emit half precision; logits scaled by up to 100 (or SigLIP's unclamped t) need
+        # float32 to keep their ordering, so the loss is computed in float32 as big_vision does.
+        img_emb, txt_emb = img_emb.float(), txt_emb.float()
     if normalize:
         # big_vision divides by (norm + 1e-8); F.normalize's max(norm, eps) differs only for near-zero vectors.
         img_emb = F.normalize(img_emb, dim=-1, eps=1e-8)

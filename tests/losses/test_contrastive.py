@@ -169,6 +169,15 @@ def test_aligned_pairs_beat_shuffled():
         assert shuffled_metrics["i2t_acc"] == 0.0
 
 
+def test_half_precision_embeddings_give_a_float32_loss(pair):
+    img, txt = (torch.tensor(a, dtype=torch.float32) for a in pair)
+    for loss_fn in (ClipLoss(), SigLipLoss()):
+        full, _ = loss_fn(img, txt)
+        half, _ = loss_fn(img.bfloat16(), txt.bfloat16())
+        assert half.dtype == torch.float32
+        assert half.item() == pytest.approx(full.item(), rel=2e-2)
+
+
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="same shape"):
         clip_loss(torch.randn(4, 3), torch.randn(5, 3))

@@ -163,3 +163,23 @@ def test_variant_sizes_and_bad_input():
         model(torch.ones(1, 5))
     with pytest.raises(ValueError, match="vocab_size=259"):
         model(torch.tensor([[1, 300, 2]]))
+
+
+def test_tower_learns_to_match_fixed_image_embeddings_with_siglip():
+    from sparsevision.losses import SigLipLoss
+
+    torch.manual_seed(6)
+    texts = ["cat", "dog", "a red car", "tree", "two birds", "sun", "a boat", "moon"]
+    tokens = ByteTokenizer(max_len=12)(texts)
+    images = torch.randn(len(texts), TINY["out_dim"])
+    model, loss_fn = TextTransformer(**TINY, pool="eos"), SigLipLoss()
+    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, metrics = loss_fn(images, model(tokens))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert metrics["i2t_acc"] == 1.0
