@@ -104,7 +104,7 @@ def soft_moe_loop(layer, x, group_size):
     b, n, d = xs.shape
     tokens = xs.reshape(-1, d)
     mu = np64(layer.router.mu)  # [D, E, P]
-    scale = float(layer.router.scale)
+    scale = float(layer.router.scale.detach())
     params = expert_params(layer.experts)
     _, num_experts, num_slots = mu.shape
     mu_unit = np.zeros_like(mu)
