@@ -31,14 +31,14 @@ class MoeMlp(nn.Module):
         them without retraining with `set_capacity_factor`. Ignored by "soft".
     num_slots (soft): slots per expert; if None it is derived from `capacity_factor` and `group_size` as the official
         soft router does (`compute_capacity(group_size, E, capacity_factor, "round", multiple_of=1)`).
-    noise_std: top-k / expert-choice use logit noise of std noise_std / num_experts in training; soft uses noise_std
-        itself (official default 0, so pass `noise_std=0.0` for soft to match; the default 1.0 is V-MoE's).
+    noise_std: training-time logit noise. top-k / expert-choice: std noise_std / num_experts (None = 1.0, V-MoE);
+        soft: std noise_std (None = 0.0, the official soft router's default).
     dispatcher: "index" (fast gather / scatter) or "einsum" (dense reference); both compute the same function.
     """
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, router: str = "top_k", k: int = 1,
                  capacity_factor: float = 1.0, eval_capacity_factor: float | None = None,
-                 group_size: int | None = None, batch_priority: bool = False, noise_std: float = 1.0,
+                 group_size: int | None = None, batch_priority: bool = False, noise_std: float | None = None,
                  importance_loss_weight: float = 1.0, load_loss_weight: float = 1.0, gshard_loss_weight: float = 0.0,
                  num_slots: int | None = None, dropout: float = 0.0, dispatcher: str = "index",
                  capacity_ceil_or_round: CeilOrRound = "ceil", capacity_multiple_of: int | None = 4,
@@ -52,6 +52,8 @@ class MoeMlp(nn.Module):
             raise ValueError(f"group_size must be None or >= 1, got group_size={group_size}")
         self.dim, self.num_experts, self.group_size = dim, num_experts, group_size
         self.router_name, self.dispatcher = router, dispatcher
+        if noise_std is None:
+            noise_std = 0.0 if router == "soft" else 1.0
         if router == "top_k":
             self.router = NoisyTopExpertsPerItemRouter(
                 dim, num_experts, k=k, capacity_factor=capacity_factor, eval_capacity_factor=eval_capacity_factor,

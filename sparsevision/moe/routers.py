@@ -69,7 +69,8 @@ def _rank_within_expert(expert: torch.Tensor, num_experts: int) -> torch.Tensor:
     g, a = expert.shape
     key = (expert + num_experts * torch.arange(g, device=expert.device)[:, None]).reshape(-1)
     order = torch.argsort(key, stable=True)
-    counts = torch.bincount(key, minlength=g * num_experts)
+    # index_add rather than bincount: bincount reads the max on the host (a GPU sync).
+    counts = torch.zeros(g * num_experts, dtype=key.dtype, device=key.device).index_add_(0, key, torch.ones_like(key))
     starts = torch.cumsum(counts, 0) - counts
     rank_sorted = torch.arange(g * a, device=expert.device) - starts[key[order]]
     return torch.empty_like(key).scatter_(0, order, rank_sorted).view(g, a)

@@ -105,3 +105,6 @@ def test_soft_noise_only_in_training():
     torch.testing.assert_close(layer(x)[0], layer(x)[0], rtol=0, atol=0)
     layer.train()
     assert not torch.allclose(layer(x)[0], layer(x)[0])
+    # Soft MoE's default is the official noise_std=0: training is deterministic too.
+    plain = MoeMlp(DIM, HIDDEN, EXPERTS, router="soft", num_slots=2).double().train()
+    torch.testing.assert_close(plain(x)[0], plain(x)[0], rtol=0, atol=0)
