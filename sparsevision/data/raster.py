@@ -11,19 +11,21 @@ from typing import Callable
 
 import numpy as np
 
-# Named colours: names are what captions and prompts will say, so keep them plain words.
-COLORS: dict[str, tuple[float, float, float]] = {
-    "white": (1.0, 1.0, 1.0),
-    "red": (0.90, 0.10, 0.10),
-    "green": (0.10, 0.75, 0.20),
-    "blue": (0.15, 0.30, 1.00),
-    "yellow": (0.95, 0.90, 0.10),
-    "cyan": (0.10, 0.85, 0.90),
-    "magenta": (0.90, 0.15, 0.85),
-    "orange": (1.00, 0.55, 0.05),
-    "purple": (0.55, 0.20, 0.85),
-    "brown": (0.55, 0.30, 0.10),
+# Named colours: names are what captions and prompts will say, so keep them plain words. Defined in 0..255 so that
+# a fully covered pixel lands on an integer level, never on a rounding boundary of the uint8 quantisation.
+COLORS_255: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "red": (230, 25, 25),
+    "green": (25, 190, 50),
+    "blue": (40, 75, 255),
+    "yellow": (240, 230, 25),
+    "cyan": (25, 215, 230),
+    "magenta": (230, 40, 215),
+    "orange": (255, 140, 15),
+    "purple": (140, 50, 215),
+    "brown": (140, 75, 25),
 }
+COLORS: dict[str, tuple[float, float, float]] = {k: tuple(c / 255.0 for c in v) for k, v in COLORS_255.items()}
 
 
 def _square(u, v):

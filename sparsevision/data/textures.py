@@ -17,7 +17,7 @@ from .base import GeneratedDataset, float_to_uint8
 from .raster import COLORS
 
 TEXTURES = ("striped", "chequered", "dotted", "wavy", "zigzagged", "grid", "blotchy", "speckled", "ringed")
-TEXTURE_COLORS = {**COLORS, "black": (0.05, 0.05, 0.05), "grey": (0.5, 0.5, 0.5)}
+TEXTURE_COLORS = {**COLORS, "black": (13 / 255, 13 / 255, 13 / 255), "grey": (128 / 255, 128 / 255, 128 / 255)}
 MIN_PERIOD, MAX_PERIOD = 1 / 8, 1 / 3  # fractions of the image side
 SUPERSAMPLE = 2
 
