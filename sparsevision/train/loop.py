@@ -1,0 +1,299 @@
+"""The training loop, read top to bottom like nanoGPT's `train.py`: build, (resume,) step, log, evaluate, save.
+
+    from sparsevision.train import get_preset, train
+    result = train(dataclasses.replace(get_preset("default"), out_dir="runs/digits"))
+
+What one step computes is the objective's business (`objectives.py`); the loop only runs it over micro-batches,
+clips, steps the optimiser, and keeps the run directory (config.json, metrics.jsonl, checkpoints/, curves.png).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batches import augment_batch, batch_size_of, eval_loader, split_batch, to_device, train_loader
+from .checkpoint import (CONFIG_FILE, atomic_write_bytes, latest_checkpoint, load_model_weights,
+                         load_training_state, save_checkpoint, MODEL_FILE)
+from .config import TrainConfig, config_to_dict, diff_configs, validate
+from .objectives import Objective, build_objective
+from .optim import build_optimizer, learning_rate, set_learning_rate
+from .plots import PLOT_FILE, plot_metrics
+from .writer import METRICS_FILE, MetricsWriter, read_metrics
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    val: dict  # last validation metrics
+    test: dict  # final test metrics ({} when stopped early)
+    checkpoint: Path | None
+    stopped_early: bool
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss (or gradient norm) stops being finite; the last good checkpoint is left in place."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether fp16's GradScaler is needed)."""
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        if not cuda:
+            return None, False  # CPU autocast to bf16 is slower than fp32 without AMX; ask for it with bf16
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision=bf16 but this GPU does not support bfloat16; use fp16 or fp32")
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if not cuda:
+            raise ValueError("precision=fp16 needs CUDA (loss scaling with GradScaler); use bf16 or fp32 on CPU")
+        return torch.float16, True
+    raise ValueError(f"unknown precision {precision!r}; expected auto, fp32, bf16 or fp16")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_state() -> dict:
+    """All global RNG states, as tensors and plain numbers (loadable with torch.load(weights_only=True))."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, objective: Objective, loader, device: torch.device,
+             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Metrics averaged over every example of `loader` (each batch's means weighted by its size)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with _autocast(device, autocast_dtype):
+            _, metrics = objective(model, batch)
+        n = batch_size_of(batch)
+        values = _to_floats(metrics)
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value * n
+        count += n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluation dataset is empty")
+    return {key: value / count for key, value in sums.items()}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _to_floats(metrics: dict) -> dict[str, float]:
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    values = dict(zip(tensors, torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).tolist())) \
+        if tensors else {}
+    values.update({k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor)})
+    return {k: values[k] for k in metrics}
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, Path | None]:
+    if not config.out_dir:
+        raise ValueError("out_dir is empty; set it (--out DIR) so the run has somewhere to write")
+    run_dir = Path(config.out_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to resume from")
+    if not resume and (checkpoint is not None or (run_dir / METRICS_FILE).exists()):
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, checkpoint
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
+          objective: Objective | None = None, progress: bool | None = None) -> TrainResult:
+    """Train as `config` says, writing everything into `config.out_dir`.
+
+    resume: continue from the newest checkpoint in out_dir (same losses as an uninterrupted run).
+    stop_after: save a checkpoint and return after this step, as if interrupted (jobs with a time limit).
+    objective: overrides the config's registered objective (what a step computes; see objectives.py).
+    progress: show a tqdm bar; default when stderr is a terminal.
+    """
+    from ..models import create_model
+
+    validate(config)
+    run_dir, checkpoint = _prepare_run_dir(config, resume)
+    device = resolve_device(config.device)
+    autocast_dtype, use_scaler = resolve_precision(config.precision, device)
+    objective = objective or build_objective(config)
+    datasets = {split: objective.build_dataset(config, split) for split in ("train", "val", "test")}
+
+    # The resolved config records what the model got from the data, so config.json alone rebuilds it.
+    overrides = {**objective.model_overrides(config, datasets["train"]), **config.model.overrides}
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, overrides=overrides))
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / CONFIG_FILE).read_text())
+        changed = {k: v for k, v in diff_configs(_from_json(saved), config).items() if k != "out_dir"}
+        if changed:
+            print(f"resuming with changed settings: {changed}", file=sys.stderr)
+
+    seed_everything(config.seed)
+    model = create_model(config.model.name, **config.model.overrides).to(device)
+    optimizer = build_optimizer(model, config.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    start_step = 0
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint / MODEL_FILE, strict=True)
+        state = load_training_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_step = int(state["step"])
+    atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
+
+    loader = train_loader(datasets["train"], config.data.batch_size, config.seed, start_step, config.data.num_workers)
+    batches = iter(loader)
+    val_loader = eval_loader(datasets["val"], config.data.eval_batch_size, config.data.num_workers)
+    last_step = config.steps if stop_after is None else min(config.steps, stop_after)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"{config.model.name}: {num_params / 1e6:.2f}M params on {device} ({autocast_dtype or torch.float32}); "
+          f"steps {start_step}->{last_step} of {config.steps}; run dir {run_dir}", file=sys.stderr)
+
+    writer = MetricsWriter(run_dir, resume_step=start_step if checkpoint is not None else None)
+    bar = _progress_bar(config.steps, start_step, progress)
+    val_metrics: dict = {}
+    window: dict[str, float] = {}
+    window_steps, window_images, window_start = 0, 0, time.perf_counter()
+    model.train()
+    try:
+        for step in range(start_step + 1, last_step + 1):
+            # ---- one optimiser step over accum_steps micro-batches
+            lr = learning_rate(step - 1, config.optim, config.steps)
+            set_learning_rate(optimizer, lr)
+            batch = augment_batch(next(batches), config.data.augment, config.seed, step)
+            batch = to_device(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            step_metrics: dict[str, torch.Tensor] = {}
+            for micro in split_batch(batch, config.accum_steps):
+                with _autocast(device, autocast_dtype):
+                    loss, metrics = objective(model, micro)
+                # Mean of micro-batch means = mean over the whole batch: accumulating k x b equals one k*b batch.
+                scaler.scale(loss / config.accum_steps).backward()
+                for key, value in metrics.items():
+                    step_metrics[key] = step_metrics.get(key, 0.0) + value / config.accum_steps
+            values = _to_floats(step_metrics)
+            if not math.isfinite(values["loss"]):
+                raise NonFiniteLossError(_nonfinite_message("loss", values["loss"], step, run_dir))
+            scaler.unscale_(optimizer)
+            max_norm = config.optim.grad_clip_norm or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            if not math.isfinite(grad_norm) and not use_scaler:  # fp16's scaler skips such steps by design
+                raise NonFiniteLossError(_nonfinite_message("gradient norm", grad_norm, step, run_dir))
+            scaler.step(optimizer)
+            scaler.update()
+
+            # ---- bookkeeping
+            values.update(lr=lr, grad_norm=grad_norm)
+            for key, value in values.items():
+                window[key] = window.get(key, 0.0) + value
+            window_steps += 1
+            window_images += batch_size_of(batch)
+            bar.update(1)
+            if step % config.log_every == 0 or step == last_step:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "split": "train", **{k: v / window_steps for k, v in window.items()},
+                          "lr": lr, "throughput": window_images / max(elapsed, 1e-9),
+                          "epoch": step / loader.batch_sampler.batches_per_epoch}
+                writer.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['throughput']:.0f}")
+                window, window_steps, window_images = {}, 0, 0
+            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                val_metrics = evaluate(model, objective, val_loader, device, autocast_dtype)
+                writer.write({"step": step, "split": "val", **val_metrics})
+                bar.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+                _plot(run_dir, config)
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == last_step:
+                state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                         "rng": rng_state(), "data": loader.batch_sampler.position(step)}
+                checkpoint = save_checkpoint(run_dir, step, model, state, config_to_dict(config),
+                                             keep=config.keep_checkpoints)
+            if step % config.log_every == 0 or step == last_step:
+                window_start = time.perf_counter()  # evaluation and saving do not count against throughput
+        test_metrics: dict = {}
+        if last_step == config.steps:
+            test_metrics = evaluate(model, objective, eval_loader(datasets["test"], config.data.eval_batch_size,
+                                    config.data.num_workers), device, autocast_dtype)
+            writer.write({"step": config.steps, "split": "test", **test_metrics})
+            bar.write("test " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+    finally:
+        bar.close()
+        writer.close()
+        _plot(run_dir, config)
+    return TrainResult(run_dir, last_step, val_metrics, test_metrics, checkpoint, last_step < config.steps)
+
+
+def _from_json(data: dict) -> TrainConfig:
+    from .config import config_from_dict
+
+    return config_from_dict(data)
+
+
+def _nonfinite_message(what: str, value: float, step: int, run_dir: Path) -> str:
+    good = latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint had been saved yet"
+    return (f"{what} is {value} at step {step}; training stopped without saving ({kept}). "
+            f"Try a lower optim.lr, a longer optim.warmup_steps or optim.grad_clip_norm=1")
+
+
+def _plot(run_dir: Path, config: TrainConfig) -> None:
+    records = read_metrics(run_dir)
+    if records:
+        plot_metrics(records, run_dir / PLOT_FILE, title=f"{config.model.name} on {config.data.dataset}")
+
+
+def _progress_bar(total: int, initial: int, progress: bool | None):
+    from tqdm import tqdm
+
+    disable = not (sys.stderr.isatty() if progress is None else progress)
+    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True)
