@@ -103,6 +103,13 @@ class HFDataset(_IndexedSource):
         row = self.source[source_index]
         return row[self.image_key], row[self.label_key]
 
+    def labels(self) -> np.ndarray:
+        try:  # a Hugging Face Dataset returns a whole column without decoding any image
+            column = self.source[self.label_key]
+        except (KeyError, TypeError, IndexError):
+            return super().labels()
+        return np.asarray(column, dtype=np.int64)[self.indices]
+
 
 class TorchvisionDataset(_IndexedSource):
     def __init__(self, name: str, split: str = "train", image_size: int = 32, seed: int = 0,

@@ -38,7 +38,7 @@ def test_custom_count_range():
     for i in range(200):
         img, label = ds.raw(i)
         assert _count_blobs(img) == label + 1
-    for bad in [dict(min_count=0), dict(min_count=5, max_count=4), dict(max_count=17)]:
+    for bad in [dict(min_count=0), dict(min_count=5, max_count=4), dict(max_count=11)]:
         with pytest.raises(ValueError, match="min_count"):
             build_dataset("counting", **bad)
 

@@ -69,6 +69,8 @@ class _HFSplit:
         return len(self.rows)
 
     def __getitem__(self, i):
+        if isinstance(i, str):  # column access, as a Hugging Face Dataset allows
+            return [row[i] for row in self.rows]
         return self.rows[i]
 
 
@@ -88,6 +90,8 @@ def test_fake_hf_dataset_without_val_carves_it_from_train(monkeypatch):
     assert [len(ds[s]) for s in ("train", "val", "test")] == [45, 5, 7]
     assert not set(ds["train"].indices) & set(ds["val"].indices)
     assert ds["train"].class_names == ["apple pie", "bee"]
+    for split in ("train", "val"):
+        assert ds[split].labels().tolist() == [ds[split][i][1] for i in range(len(ds[split]))]
     img, label = ds["test"][3]
     assert img.shape == (3, 8, 8) and label == 1
     assert abs(float(img[0, 0, 0]) - ((100 + 3) / 127.5 - 1)) < 1e-6
