@@ -7,6 +7,7 @@ only change a pixel if it lands exactly on a rounding boundary.
 """
 from __future__ import annotations
 
+import operator
 import zlib
 
 import numpy as np
@@ -110,8 +111,12 @@ class ImageDataset(Dataset):
         return np.array([self.label(i) for i in range(len(self))], dtype=np.int64)
 
     def _check_index(self, index) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"{self.name}: index must be an int, got {type(index).__name__}")
+        if isinstance(index, bool):
+            raise TypeError(f"{self.name}: index must be an int, got bool")
+        try:
+            index = operator.index(index)  # ints, numpy integers, 0-d integer tensors
+        except TypeError:
+            raise TypeError(f"{self.name}: index must be an int, got {type(index).__name__}") from None
         n = len(self)
         if not -n <= index < n:
             # IndexError (not ValueError) so that iterating with the old __getitem__ protocol stops cleanly.

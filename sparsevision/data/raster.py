@@ -62,19 +62,22 @@ SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 SHAPE_EXTENT = {"square": math.sqrt(2.0), "ellipse": 1.0, "heart": 1.0, "circle": 1.0, "triangle": 1.0}
 
 
-def shape_coverage(size: int, shapes: list[str], cx, cy, half_size, angle_deg, ss: int = 4
+def shape_coverage(size: int, shapes: list[str], cx, cy, half_size, angle_deg, ss: int | None = None
                    ) -> list[tuple[np.ndarray, tuple[slice, slice]]]:
     """Coverage in [0, 1] of each of N shapes over its bounding box, with the (rows, cols) slices of that box.
 
     Pixel (r, c) covers [c, c+1) x [r, r+1) in image coordinates; (cx, cy) are centres in those coordinates
     (y down), `half_size` scales each unit-frame shape, and `angle_deg` turns it counter-clockwise on screen.
     All N shapes are sampled in one vectorised pass over equal P x P patches (P fits the largest), since
-    per-object Python overhead, not arithmetic, dominates at small image sizes.
+    per-object Python overhead, not arithmetic, dominates at small image sizes. `ss` defaults to 4x4 sub-samples
+    for shapes under 16 px and 2x2 above, where an edge pixel is a small part of the shape.
     """
     cx, cy, half, angle = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (cx, cy, half_size, angle_deg))
     reach = np.array([SHAPE_EXTENT[s] for s in shapes]) * half
     c0, r0 = np.floor(cx - reach).astype(int), np.floor(cy - reach).astype(int)
     patch = int(np.ceil(2.0 * reach.max())) + 1
+    if ss is None:
+        ss = 4 if patch <= 16 else 2
     sub = (np.arange(patch * ss) + 0.5) / ss
     dx = (c0[:, None] + sub - cx[:, None])[:, None, :]    # [N, 1, Q]
     dy = (cy[:, None] - r0[:, None] - sub)[:, :, None]    # [N, Q, 1]; y up, so positive angles turn counter-clockwise

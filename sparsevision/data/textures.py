@@ -4,8 +4,8 @@ DTD names a texture by the adjective a person would use ("striped", "chequered",
 families are drawn procedurally and the class is the family alone. Everything else is a nuisance drawn per
 example, so a model must learn the pattern, not memorise pixels: foreground and background colour (two distinct
 named colours), period (1/8 to 1/3 of the image side), orientation, phases, and a per-family shape parameter
-(dot radius, line width, wave amplitude, ring centre, ...). Patterns are evaluated on a 2x supersampled grid and
-box-filtered, so periods of 4 px at 32 px do not alias.
+(dot radius, line width, wave amplitude, ring centre, ...). Below 64 px patterns are evaluated on a 2x
+supersampled grid and box-filtered, so periods of 4 px at 32 px do not alias.
 """
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ from .raster import COLORS
 TEXTURES = ("striped", "chequered", "dotted", "wavy", "zigzagged", "grid", "blotchy", "speckled", "ringed")
 TEXTURE_COLORS = {**COLORS, "black": (13 / 255, 13 / 255, 13 / 255), "grey": (128 / 255, 128 / 255, 128 / 255)}
 MIN_PERIOD, MAX_PERIOD = 1 / 8, 1 / 3  # fractions of the image side
-SUPERSAMPLE = 2
+
+
+def _supersample(image_size: int) -> int:
+    # The shortest period is image_size / 8 px: 2x2 samples keep it alias-free at small sizes; from 64 px up the
+    # period is 8+ px and one sample per pixel suffices.
+    return 2 if image_size < 64 else 1
 
 
 def _soft(t: np.ndarray, sharpness: float = 4.0) -> np.ndarray:
@@ -100,11 +105,12 @@ class TexturesDataset(GeneratedDataset):
         if factors["texture"] == "speckled":
             ink = rng.uniform(0.0, 1.0, (s, s))  # i.i.d. grain at pixel resolution: nothing to anti-alias
         else:
-            n = s * SUPERSAMPLE
+            ss = _supersample(s)
+            n = s * ss
             coords = (np.arange(n) + 0.5) / n
             x, y = coords[None, :], 1.0 - coords[:, None]
             ink = pattern(factors["texture"], x, y, factors["period"], factors["orientation_deg"], rng)
-            ink = np.broadcast_to(ink, (n, n)).reshape(s, SUPERSAMPLE, s, SUPERSAMPLE).mean(axis=(1, 3))
+            ink = np.broadcast_to(ink, (n, n)).reshape(s, ss, s, ss).mean(axis=(1, 3))
         fg = np.asarray(TEXTURE_COLORS[factors["color"]])
         bg = np.asarray(TEXTURE_COLORS[factors["background_color"]])
         return float_to_uint8(bg + ink[..., None] * (fg - bg))
