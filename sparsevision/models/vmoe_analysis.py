@@ -1,0 +1,91 @@
+"""Which expert do images of each class use? The data behind the V-MoE paper's routing heat maps (Riquelme et al.
+2021, Fig. 7 and Appendix: per MoE layer, the share of each class's patches whose first choice is each expert).
+
+`routing_heatmap` counts, per MoE layer, tokens whose top-1 expert is e in images of class c, from the layers'
+`MoeMetrics.top_expert` (a first choice dropped for lack of capacity counts nowhere; see MoeMetrics for what the
+expert-choice and soft routers report there). `plot_routing_heatmaps` draws them, one panel per layer.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def routing_heatmap(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                    include_prefix_tokens: bool = False) -> list[torch.Tensor]:
+    """Per MoE layer, a [num_experts, num_classes] int64 tensor of top-1 expert counts.
+
+    batches: (images, labels) pairs (a DataLoader or a list with one batch). Prefix tokens (the class token) are
+    left out unless `include_prefix_tokens`, as the paper's maps are of image patches. The model is run in eval mode
+    (eval capacity, no routing noise) and restored to its previous mode after.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    was_training = model.training
+    model.eval()
+    prefix = 0 if include_prefix_tokens else int(getattr(model, "num_prefix_tokens", 0))
+    counts: list[torch.Tensor] | None = None
+    try:
+        for images, labels in batches:
+            labels = torch.as_tensor(labels).long()
+            if labels.min() < 0 or labels.max() >= num_classes:
+                raise ValueError(f"labels must be in [0, {num_classes - 1}], got values in "
+                                 f"[{int(labels.min())}, {int(labels.max())}]")
+            _, aux = model(images, return_aux=True)
+            metrics = aux["moe"]
+            if not metrics:
+                raise ValueError("the model has no MoE layer (its aux['moe'] list is empty)")
+            if counts is None:
+                counts = [torch.zeros(m.expert_load.numel(), num_classes, dtype=torch.long) for m in metrics]
+            for layer, m in enumerate(metrics):
+                top = m.top_expert.cpu()
+                if top.shape[0] != labels.shape[0]:
+                    raise ValueError(f"top_expert has batch {top.shape[0]} but labels have {labels.shape[0]}")
+                top = top[:, prefix:]
+                cls = labels[:, None].expand_as(top)
+                kept = top >= 0
+                num_experts = counts[layer].shape[0]
+                flat = top[kept] * num_classes + cls[kept]
+                counts[layer] += torch.bincount(flat, minlength=num_experts * num_classes).view(num_experts,
+                                                                                             num_classes)
+    finally:
+        model.train(was_training)
+    if counts is None:
+        raise ValueError("routing_heatmap got no batch")
+    return counts
+
+
+def plot_routing_heatmaps(counts: Sequence[torch.Tensor], path, class_names: Sequence[str] | None = None,
+                          layer_names: Sequence[str] | None = None, normalize: str = "class") -> None:
+    """Save one heat map per layer: experts on the rows, classes on the columns.
+
+    normalize: "class" (each column sums to 1: which experts a class uses, as the paper), "expert" (rows) or "none".
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if normalize not in ("class", "expert", "none"):
+        raise ValueError(f"normalize must be 'class', 'expert' or 'none', got {normalize!r}")
+    if not counts:
+        raise ValueError("no routing counts to plot")
+    fig, axes = plt.subplots(1, len(counts), figsize=(3.2 * len(counts), 3.2), squeeze=False)
+    for index, (ax, table) in enumerate(zip(axes[0], counts)):
+        table = table.double()
+        if normalize == "class":
+            table = table / table.sum(0, keepdim=True).clamp_min(1)
+        elif normalize == "expert":
+            table = table / table.sum(1, keepdim=True).clamp_min(1)
+        ax.imshow(table.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(layer_names[index] if layer_names else f"MoE layer {index}")
+        ax.set_xlabel("class")
+        ax.set_ylabel("expert")
+        if class_names is not None and len(class_names) <= 20:
+            ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
