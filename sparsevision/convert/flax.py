@@ -25,15 +25,15 @@ most 5e-4 per activation otherwise).
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .common import LoadReport, apply_state, fit_pos_embed
 
 DIALECTS = ("vit_jax", "big_vision", "vmoe")
 
@@ -123,42 +123,6 @@ def detect_dialect(flat: Mapping[str, np.ndarray]) -> str:
     raise ValueError(f"cannot tell the checkpoint's naming: no Encoder/encoderblock_* (vmoe) or "
                      f"Transformer/encoderblock* (vit_jax, big_vision) parameters; top-level names are {tops} "
                      f"(pass prefix= to pick a sub-tree, e.g. 'params' or 'img')")
-
-
-# ------------------------------------------------------------------------------------------------------ report
-
-@dataclass
-class LoadReport:
-    """What an import did. `missing`: our parameter <- the source name it needed; `unexpected`: source names no
-    parameter used; `mismatched`: (source name, source shape, expected shape); `resampled`: position tables moved
-    to a new grid."""
-
-    dialect: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
-    resampled: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def problems(self, limit: int = 30) -> str:
-        def listing(title, items):
-            items = list(items)
-            more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-            return f"  {title} ({len(items)}):\n" + "\n".join(f"    {x}" for x in items[:limit]) + more
-
-        parts = []
-        if self.missing:
-            parts.append(listing("missing", self.missing))
-        if self.unexpected:
-            parts.append(listing("unexpected", self.unexpected))
-        if self.mismatched:
-            parts.append(listing("shape mismatch", (f"{k}: checkpoint {tuple(a)}, model expects {tuple(b)}"
-                                                    for k, a, b in self.mismatched)))
-        return "\n".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------- mapping
@@ -270,44 +234,6 @@ def _entries(model: nn.Module, names: _Names) -> list[_Entry]:
     return entries
 
 
-# --------------------------------------------------------------------------------------------- position tables
-
-def resample_grid(grid: torch.Tensor, new_hw: tuple[int, int]) -> torch.Tensor:
-    """[h*w, D] square table -> [H*W, D], bilinear with corners aligned (scipy.ndimage.zoom(order=1), as the
-    official `resample_posemb` / `interpolate_posembed`)."""
-    old = math.isqrt(grid.shape[0])
-    table = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).double()
-    table = F.interpolate(table, size=tuple(new_hw), mode="bilinear", align_corners=True)
-    return table.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], -1).to(grid.dtype)
-
-
-def _is_square(n: int) -> bool:
-    return n >= 1 and math.isqrt(n) ** 2 == n
-
-
-def _pos_embed(model: nn.Module, table: torch.Tensor, name: str, report: LoadReport) -> torch.Tensor | None:
-    """Our [1, prefix + H*W, D] table from a checkpoint's [1, S, D] one, or None (reported) if it cannot fit."""
-    prefix, (gh, gw) = model.num_prefix_tokens, model.patch_embed.grid_size
-    expected = tuple(model.pos_embed.shape)
-    if table.ndim != 3 or table.shape[0] != 1 or table.shape[2] != expected[2]:
-        report.mismatched.append((name, tuple(table.shape), expected))
-        return None
-    s = table.shape[1]
-    if prefix == 1 and _is_square(s - 1) and not _is_square(s):
-        cls_row, grid = table[0, :1], table[0, 1:]
-    elif _is_square(s):
-        # big_vision adds the position table before prepending the class token: the class token gets none.
-        cls_row, grid = table.new_zeros(prefix, table.shape[2]), table[0]
-    else:
-        report.mismatched.append((name, tuple(table.shape), expected))
-        return None
-    if grid.shape[0] != gh * gw:
-        old = math.isqrt(grid.shape[0])
-        grid = resample_grid(grid, (gh, gw))
-        report.resampled.append(f"{name}: {old}x{old} -> {gh}x{gw}")
-    return torch.cat([cls_row, grid])[None]
-
-
 # -------------------------------------------------------------------------------------------------------- load
 
 def flax_to_state_dict(flat: Mapping[str, np.ndarray], model: nn.Module, dialect: str | None = None,
@@ -345,7 +271,7 @@ def flax_to_state_dict(flat: Mapping[str, np.ndarray], model: nn.Module, dialect
             report.missing.append(f"pos_embed <- {' or '.join(names.posemb)}")
         else:
             used.add(found[0])
-            table = _pos_embed(model, _to_tensor(flat[found[0]]), found[0], report)
+            table = fit_pos_embed(model, _to_tensor(flat[found[0]]), found[0], report)
             if table is not None:
                 state["pos_embed"] = table
     covered = {e.target for e in _entries(model, names)} | {"pos_embed"}
@@ -355,7 +281,6 @@ def flax_to_state_dict(flat: Mapping[str, np.ndarray], model: nn.Module, dialect
     return state, report
 
 
-@torch.no_grad()
 def load_flax_params(flat: Mapping[str, np.ndarray], model: nn.Module, strict: bool = True,
                      dialect: str | None = None, prefix: str | None = None) -> LoadReport:
     """Copy a flat Flax parameter tree into `model` (see the module docstring for the names understood).
@@ -364,13 +289,7 @@ def load_flax_params(flat: Mapping[str, np.ndarray], model: nn.Module, strict: b
     otherwise copy what fits and return the report.
     """
     state, report = flax_to_state_dict(flat, model, dialect=dialect, prefix=prefix)
-    if strict and not report.ok:
-        raise ValueError(f"the {report.dialect} checkpoint does not fit {type(model).__name__}:\n"
-                         f"{report.problems()}\n(load with strict=False to copy what fits)")
-    own = model.state_dict()
-    for name, tensor in state.items():
-        own[name].copy_(tensor)
-    return report
+    return apply_state(model, state, report, strict)
 
 
 def use_tanh_gelu_(model: nn.Module) -> list[str]:
