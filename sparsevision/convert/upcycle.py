@@ -82,3 +82,19 @@ def upcycle_vit_to_moe(dense: nn.Module | Mapping[str, torch.Tensor] | str | os.
     for i, tensors in experts.items():
         moe_model.blocks[i].mlp.load_dense_mlp_(*tensors)
     return report
+
+
+def dense_twin(moe_model: nn.Module) -> nn.Module:
+    """The dense ViT with the same shape as `moe_model` (to load a dense checkpoint into before upcycling)."""
+    from ..models.vit import VisionTransformer
+
+    first = moe_model.blocks[0]
+    mlp = first.mlp
+    mlp_dim = mlp.experts.hidden_dim if hasattr(mlp, "experts") else mlp.fc1.out_features
+    pre = moe_model.pre_logits
+    return VisionTransformer(
+        img_size=moe_model.patch_embed.img_size, patch_size=moe_model.patch_embed.patch_size,
+        in_chans=moe_model.patch_embed.in_chans, num_classes=moe_model.num_classes, width=moe_model.width,
+        depth=len(moe_model.blocks), num_heads=first.attn.num_heads, mlp_dim=mlp_dim, pool=moe_model.pool,
+        pos_embed="learn" if isinstance(moe_model.pos_embed, nn.Parameter) else "sincos2d",
+        representation_size=pre[0].out_features if isinstance(pre, nn.Sequential) else None)

@@ -1,0 +1,89 @@
+"""`sparsevision convert`: official Flax (.npz) or timm (.safetensors / .pth) weights -> a sparsevision
+safetensors file for a registered model, optionally upcycling a dense checkpoint into an MoE model."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert Flax (.npz: vit_jax, big_vision, vmoe) or timm weights into a registered model's safetensors"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="source weights: .npz (Flax, '/'-joined names) or .safetensors/.pth/.bin (timm)")
+    parser.add_argument("out", help="output .safetensors file")
+    parser.add_argument("--model", required=True, help="registered model name, e.g. vit_b16, vmoe_b16")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model constructor override (repeatable), e.g. --set num_classes=1000 --set img_size=384")
+    parser.add_argument("--from", dest="source", choices=("auto", "flax", "timm"), default="auto",
+                        help="source format (auto: by file extension)")
+    parser.add_argument("--upcycle", action="store_true",
+                        help="the source is a dense ViT: load it into the model's dense twin, then copy its MLPs "
+                             "into every expert (Sparse Upcycling)")
+    parser.add_argument("--prefix", default=None, help="Flax sub-tree to load, e.g. 'img' (SigLIP) or 'params'")
+    parser.add_argument("--dialect", choices=("vit_jax", "big_vision", "vmoe"), default=None,
+                        help="Flax naming (default: detected)")
+    parser.add_argument("--non-strict", action="store_true", help="copy what fits instead of failing on a mismatch")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+def _load(args, model, strict: bool):
+    from .flax import load_flax_params, load_npz
+    from .timm import load_timm_weights
+
+    kind = args.source
+    if kind == "auto":
+        kind = "flax" if args.src.endswith(".npz") else "timm"
+    if kind == "flax":
+        return load_flax_params(load_npz(args.src), model, strict=strict, dialect=args.dialect, prefix=args.prefix)
+    return load_timm_weights(model, args.src, strict=strict)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from ..models import create_model
+    from ..models import vmoe  # noqa: F401  (registers the MoE models)
+    from ..train.checkpoint import save_model_weights
+    from .upcycle import dense_twin, upcycle_vit_to_moe
+
+    if not os.path.isfile(args.src):
+        raise FileNotFoundError(f"no source weights at {args.src}")
+    overrides = parse_overrides(args.set)
+    model = create_model(args.model, **overrides)
+    strict = not args.non_strict
+    if args.upcycle:
+        dense = dense_twin(model)
+        report = _load(args, dense, strict)
+        up = upcycle_vit_to_moe(dense, model, strict=strict)
+        print(f"upcycled {len(up.loaded)} tensors / expert sets from the dense {report.dialect} checkpoint")
+    else:
+        report = _load(args, model, strict)
+    print(f"loaded {len(report.loaded)} tensors from {args.src} ({report.dialect} naming) into {args.model}")
+    for line in report.resampled:
+        print(f"  resampled {line}")
+    if not report.ok:
+        print("not loaded (--non-strict):\n" + report.problems())
+    if report.dialect != "timm":
+        # The activation is not a weight, so the saved file cannot carry it.
+        print("note: Flax checkpoints were trained with tanh-approximate GELU and sparsevision MLPs use exact GELU "
+              "(logits differ slightly); after loading, sparsevision.convert.use_tanh_gelu_(model) switches the "
+              "dense MLPs")
+    metadata = {"format": "pt", "model": args.model, "overrides": json.dumps(overrides, sort_keys=True),
+                "source": os.path.basename(args.src), "converter": report.dialect + (" upcycled" if args.upcycle else "")}
+    save_model_weights(model, args.out, metadata=metadata)
+    print(f"wrote {args.out}")
+    return 0
