@@ -82,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
         print("note: Flax checkpoints were trained with tanh-approximate GELU and sparsevision MLPs use exact GELU "
               "(logits differ slightly); after loading, sparsevision.convert.use_tanh_gelu_(model) switches the "
               "dense MLPs")
+    # `sparsevision evaluate --model OUT` rebuilds the model from these entries.
     metadata = {"format": "pt", "model": args.model, "overrides": json.dumps(overrides, sort_keys=True),
-                "source": os.path.basename(args.src), "converter": report.dialect + (" upcycled" if args.upcycle else "")}
+                "source": os.path.basename(args.src),
+                "converter": report.dialect + (" upcycled" if args.upcycle else "")}
     save_model_weights(model, args.out, metadata=metadata)
     print(f"wrote {args.out}")
     return 0

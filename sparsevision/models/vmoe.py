@@ -211,18 +211,21 @@ def _builder(dims: VitSize, patch: int, doc: str, vmoe_head: bool = False, **def
     return build
 
 
-# V-MoE: the released checkpoints (vmoe README) are S/32 "E=8, K=2, Last 2" and B/16 "E=8, K=2, Every 2"; the paper's
-# JFT-300M models use E=32, K=2, Every 2 (pass num_experts=32). Training capacity factor 1.05, importance and load
-# loss weights 0.005, noise std 1/E, no BPR in training (`get_vmoe_config`).
-_VMOE = dict(vmoe_head=True, pool="token", num_experts=8, k=2, router="top_k", capacity_factor=1.05,
+# V-MoE (`get_vmoe_config`): K=2, training capacity factor 1.05, importance and load loss weights 0.005, noise std
+# 1/E, no BPR in training. S and B follow the released checkpoints (vmoe README: S/32 "E=8, K=2, Last 2", B/16
+# "E=8, K=2, Every 2"), so `sparsevision convert` loads them as registered; L/16 and H/14 (never released) follow the
+# paper's JFT-300M models, E=32 Every 2 (Table 8: 3.4B and 7.2B parameters). Pass num_experts=32 for the paper's
+# B/16 (979M).
+_VMOE = dict(vmoe_head=True, pool="token", k=2, router="top_k", capacity_factor=1.05,
              importance_loss_weight=0.005, load_loss_weight=0.005, batch_priority=False)
-for _size, _patch, _where in [("S", 32, "last-2"), ("S", 16, "last-2"), ("B", 32, "every-2"), ("B", 16, "every-2"),
-                              ("L", 16, "every-2"), ("H", 14, "every-2")]:
+for _size, _patch, _where, _experts in [("S", 32, "last-2", 8), ("S", 16, "last-2", 8), ("B", 32, "every-2", 8),
+                                        ("B", 16, "every-2", 8), ("L", 16, "every-2", 32), ("H", 14, "every-2", 32)]:
     register_model(f"vmoe_{_size.lower()}{_patch}", _builder(
-        VMOE_SIZES[_size], _patch, f"V-MoE-{_size}/{_patch}, E=8, K=2, {_where}", moe_layers=_where, **_VMOE))
+        VMOE_SIZES[_size], _patch, f"V-MoE-{_size}/{_patch}, E={_experts}, K=2, {_where}", moe_layers=_where,
+        num_experts=_experts, **_VMOE))
 register_model("vmoe_tiny_test", _builder(
     VMOE_SIZES["test"], 8, "CPU test size: V-MoE, E=4, K=2, every-2", img_size=32, num_classes=10,
-    moe_layers="every-2", **{**_VMOE, "num_experts": 4}))
+    moe_layers="every-2", num_experts=4, **_VMOE))
 register_model("expert_choice_tiny_test", _builder(
     VMOE_SIZES["test"], 8, "CPU test size: expert-choice routing, E=4, final-2", img_size=32, num_classes=10,
     pool="gap", moe_layers="final-2", num_experts=4, router="expert_choice", capacity_factor=1.0))

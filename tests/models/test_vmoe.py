@@ -54,18 +54,18 @@ def test_registered_names():
         assert name in list_models()
 
 
-@pytest.mark.parametrize("name, width, depth, mlp, heads, layers", [
-    ("vmoe_s32", 512, 8, 2048, 8, (5, 7)),
-    ("vmoe_b16", 768, 12, 3072, 12, (1, 3, 5, 7, 9, 11)),
-    ("vmoe_l16", 1024, 24, 4096, 16, tuple(range(1, 24, 2))),
+@pytest.mark.parametrize("name, width, depth, mlp, heads, layers, experts", [
+    ("vmoe_s32", 512, 8, 2048, 8, (5, 7), 8),
+    ("vmoe_b16", 768, 12, 3072, 12, (1, 3, 5, 7, 9, 11), 8),
+    ("vmoe_l16", 1024, 24, 4096, 16, tuple(range(1, 24, 2)), 32),
 ])
-def test_vmoe_sizes_match_get_vmoe_config(name, width, depth, mlp, heads, layers):
+def test_vmoe_sizes_match_get_vmoe_config(name, width, depth, mlp, heads, layers, experts):
     model = build_meta(name, num_classes=1000)
     assert (model.width, len(model.blocks), model.moe_layers) == (width, depth, layers)
     assert model.blocks[0].attn.num_heads == heads and model.blocks[0].mlp.fc1.out_features == mlp
     assert model.pool == "token" and model.num_features == width  # representation_size = hidden_size
     moe = model.blocks[layers[0]].mlp
-    assert isinstance(moe, MoeMlp) and moe.num_experts == 8 and moe.router.k == 2
+    assert isinstance(moe, MoeMlp) and moe.num_experts == experts and moe.router.k == 2
     assert moe.router.capacity_factor == 1.05 and moe.router.importance_loss_weight == 0.005
     assert moe.router.load_loss_weight == 0.005 and moe.router.noise_std == 1.0 and not moe.router.batch_priority
 
@@ -78,6 +78,19 @@ def test_vmoe_b16_parameter_count_from_formula():
     total = (3 * 16 * 16 * d + d) + d + (patches + 1) * d + depth * attn + 6 * dense + 6 * moe + 2 * d
     total += d * d + d + d * classes + classes  # pre-logits + head
     assert n_params(build_meta("vmoe_b16", num_classes=classes)) == total
+
+
+@pytest.mark.parametrize("name, overrides, paper", [
+    # V-MoE paper Table 8 (JFT-300M, 18,291 classes, E=32, K=2): B/16 979M, L/16 3.4B, H/14 Every-2 7.2B, Last-5 2.7B.
+    ("vmoe_b16", dict(num_experts=32), 979e6),
+    ("vmoe_l16", {}, 3.4e9),
+    ("vmoe_h14", {}, 7.2e9),
+    ("vmoe_h14", dict(moe_layers="last-5"), 2.7e9),
+])
+def test_vmoe_parameter_counts_match_paper(name, overrides, paper):
+    count = n_params(build_meta(name, num_classes=18_291, **overrides))
+    digits = 3 if paper < 1e9 else 2  # the paper's rounding
+    assert float(f"{count:.{digits}g}") == paper
 
 
 def test_soft_moe_s16_matches_paper_size():
