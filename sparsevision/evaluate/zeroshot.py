@@ -35,8 +35,9 @@ GENERATED_TEMPLATES: dict[str, tuple[str, ...]] = {
 
 
 def templates_for(dataset_name: str) -> tuple[str, ...]:
-    """The default prompt templates of a dataset: its generated-task wording, else CLIP-style photo prompts."""
-    return GENERATED_TEMPLATES.get(dataset_name, PHOTO_TEMPLATES)
+    """The default prompt templates of a dataset: its generated-task wording, else CLIP-style photo prompts.
+    A captioned view of a task (`captions:<task>`, `data.captions.CaptionDataset.name`) gets the task's templates."""
+    return GENERATED_TEMPLATES.get(dataset_name.removeprefix("captions:"), PHOTO_TEMPLATES)
 
 
 def _check_templates(templates: Sequence[str]) -> None:

@@ -88,6 +88,7 @@ class TwoTower(ImageTextModel):
         self.loss_kind = loss
         self.contrastive_loss = build_contrastive_loss(loss)
         self.tokenizer_spec, self.max_len, self.vocab_size = tokenizer, text_tower.max_len, text_tower.vocab_size
+        self.pad_id = text_tower.pad_id
         self.lock_image = lock_image
         if lock_image:
             self.image_tower.requires_grad_(False)

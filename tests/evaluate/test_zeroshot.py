@@ -142,6 +142,7 @@ def test_evaluate_retrieval_on_pairs():
 
 def test_templates_and_errors():
     assert templates_for("dsprites_shape") == GENERATED_TEMPLATES["dsprites_shape"]
+    assert templates_for("captions:counting") == GENERATED_TEMPLATES["counting"]
     assert templates_for("folder:/x") == PHOTO_TEMPLATES
     model = FakeImageTextModel(LookupTokenizer(), {}, torch.zeros(1, 2))
     with pytest.raises(ValueError, match="exactly one"):
