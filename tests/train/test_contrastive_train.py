@@ -1,5 +1,6 @@
 """Contrastive training through the train loop: a tiny LIMoE learns zero-shot digit classification from captions
 well above chance; two-tower presets run; the modality plot; objective details."""
+import argparse
 import dataclasses
 import json
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from sparsevision.data.captions import CaptionDataset
+from sparsevision.evaluate import zeroshot_cli
 from sparsevision.evaluate.zeroshot import zeroshot_classify
 from sparsevision.train import apply_overrides, get_preset, load_checkpoint_model, train
 from sparsevision.train.contrastive import (MODALITY_PLOT, ContrastiveObjective, modality_counts,
@@ -34,6 +36,18 @@ def test_limoe_tiny_learns_zero_shot_digits(tmp_path):
     standalone = zeroshot_classify(model, test)
     assert standalone["accuracy"] == pytest.approx(result.test["zeroshot_accuracy"], abs=1e-6)
     assert standalone["chance"] == pytest.approx(0.1)
+
+    # The `sparsevision zeroshot` sub-command prints and writes the same number.
+    parser = argparse.ArgumentParser()
+    zeroshot_cli.add_arguments(parser)
+    out = tmp_path / "zs.json"
+    args = parser.parse_args(["--model", str(tmp_path), "--data", "digits", "--retrieval", "--max-examples", "100",
+                              "--out", str(out)])
+    assert zeroshot_cli.run(args) == 0
+    written = json.loads(out.read_text())
+    assert written["num_examples"] == 100 and written["chance"] == pytest.approx(0.1)
+    assert written["accuracy"] == pytest.approx(zeroshot_classify(model, test, max_examples=100)["accuracy"])
+    assert 0 <= written["retrieval"]["t2i_recall@5"] <= 1 and written["retrieval"]["num_pairs"] == 100
 
     # Modality plot at the end of the run: counts cover every routed real token.
     path = objective.on_train_end(model, tmp_path)
