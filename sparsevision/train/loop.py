@@ -266,6 +266,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                                     config.data.num_workers), device, autocast_dtype)
             writer.write({"step": config.steps, "split": "test", **test_metrics})
             bar.write("test " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+            if hasattr(objective, "on_train_end"):  # objectives may be plain callables
+                objective.on_train_end(model, run_dir)
     finally:
         bar.close()
         writer.close()

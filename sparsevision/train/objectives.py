@@ -21,7 +21,7 @@ from .config import TrainConfig
 
 
 class Objective:
-    """Base class; subclasses implement `__call__` and may override the two hooks."""
+    """Base class; subclasses implement `__call__` and may override the hooks below."""
 
     def build_dataset(self, config: TrainConfig, split: str):
         from ..data import build_dataset
@@ -35,6 +35,10 @@ class Objective:
 
     def __call__(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
+
+    def on_train_end(self, model: nn.Module, run_dir) -> None:
+        """Called once after the final test evaluation of a completed run (e.g. to write extra plots)."""
+        return None
 
 
 def moe_metrics(aux: dict) -> dict[str, float | torch.Tensor]:
@@ -93,6 +97,10 @@ def register_objective(name: str, factory: Callable[[TrainConfig], Objective]) -
 
 
 def build_objective(config: TrainConfig) -> Objective:
+    if config.objective not in _OBJECTIVES:
+        from .presets import discover_plugins  # objectives registered by plugin modules (e.g. "contrastive")
+
+        discover_plugins()
     if config.objective not in _OBJECTIVES:
         close = difflib.get_close_matches(config.objective, list(_OBJECTIVES), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
