@@ -107,7 +107,8 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool =
     mismatched = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
     problems = []
     if mismatched:
-        problems.append("shape mismatch: " + _short([f"{k} (file {shapes[k]}, model {expected[k]})" for k in mismatched]))
+        details = [f"{k} (file {shapes[k]}, model {expected[k]})" for k in mismatched]
+        problems.append("shape mismatch: " + _short(details))
     if strict and missing:
         problems.append(f"missing from the file: {_short(missing)}")
     if strict and unexpected:

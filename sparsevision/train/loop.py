@@ -24,7 +24,7 @@ import torch
 from .batches import augment_batch, batch_size_of, eval_loader, split_batch, to_device, train_loader
 from .checkpoint import (CONFIG_FILE, atomic_write_bytes, latest_checkpoint, load_model_weights,
                          load_training_state, save_checkpoint, MODEL_FILE)
-from .config import TrainConfig, config_to_dict, diff_configs, validate
+from .config import TrainConfig, config_from_dict, config_to_dict, diff_configs, validate
 from .objectives import Objective, build_objective
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .plots import PLOT_FILE, plot_metrics
@@ -97,7 +97,8 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -174,12 +175,15 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, overrides=overrides))
     if checkpoint is not None:
         saved = json.loads((checkpoint / CONFIG_FILE).read_text())
-        changed = {k: v for k, v in diff_configs(_from_json(saved), config).items() if k != "out_dir"}
+        changed = {k: v for k, v in diff_configs(config_from_dict(saved), config).items() if k != "out_dir"}
         if changed:
             print(f"resuming with changed settings: {changed}", file=sys.stderr)
 
     seed_everything(config.seed)
-    model = create_model(config.model.name, **config.model.overrides).to(device)
+    try:
+        model = create_model(config.model.name, **config.model.overrides).to(device)
+    except TypeError as err:  # a misspelt model.overrides key: report it as a bad config value
+        raise ValueError(f"{err} (from model.overrides={config.model.overrides})") from err
     optimizer = build_optimizer(model, config.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     start_step = 0
@@ -190,10 +194,16 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start_step = int(state["step"])
+        if start_step > config.steps:
+            raise ValueError(f"the checkpoint in {checkpoint} is at step {start_step}, beyond steps={config.steps}")
     atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
 
     loader = train_loader(datasets["train"], config.data.batch_size, config.seed, start_step, config.data.num_workers)
     batches = iter(loader)
+    if checkpoint is not None and state["data"]["batches_per_epoch"] != loader.batch_sampler.batches_per_epoch:
+        print(f"note: {state['data']['batches_per_epoch']} batches per epoch when saved, "
+              f"{loader.batch_sampler.batches_per_epoch} now; the data order differs from the original run",
+              file=sys.stderr)
     val_loader = eval_loader(datasets["val"], config.data.eval_batch_size, config.data.num_workers)
     last_step = config.steps if stop_after is None else min(config.steps, stop_after)
     num_params = sum(p.numel() for p in model.parameters())
@@ -204,27 +214,30 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     bar = _progress_bar(config.steps, start_step, progress)
     val_metrics: dict = {}
     window: dict[str, float] = {}
-    window_steps, window_images, window_start = 0, 0, time.perf_counter()
+    window_steps, window_images, window_seconds = 0, 0, 0.0  # seconds of training steps only, not eval / saving
     model.train()
     try:
         for step in range(start_step + 1, last_step + 1):
             # ---- one optimiser step over accum_steps micro-batches
+            step_start = time.perf_counter()
             lr = learning_rate(step - 1, config.optim, config.steps)
             set_learning_rate(optimizer, lr)
             batch = augment_batch(next(batches), config.data.augment, config.seed, step)
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
-            step_metrics: dict[str, torch.Tensor] = {}
+            step_metrics: dict[str, torch.Tensor] = {"loss": 0.0, "_total": 0.0}
             for micro in split_batch(batch, config.accum_steps):
                 with _autocast(device, autocast_dtype):
                     loss, metrics = objective(model, micro)
                 # Mean of micro-batch means = mean over the whole batch: accumulating k x b equals one k*b batch.
                 scaler.scale(loss / config.accum_steps).backward()
-                for key, value in metrics.items():
+                detached = loss.detach().float()
+                for key, value in {"loss": detached, **metrics, "_total": detached}.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + value / config.accum_steps
-            values = _to_floats(step_metrics)
-            if not math.isfinite(values["loss"]):
-                raise NonFiniteLossError(_nonfinite_message("loss", values["loss"], step, run_dir))
+            values = _to_floats(step_metrics)  # one device sync per step, needed for the finite-loss check
+            total = values.pop("_total")  # the loss that was minimised, whatever the objective logs as "loss"
+            if not math.isfinite(total):
+                raise NonFiniteLossError(_nonfinite_message("loss", total, step, run_dir))
             scaler.unscale_(optimizer)
             max_norm = config.optim.grad_clip_norm or float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
@@ -232,6 +245,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 raise NonFiniteLossError(_nonfinite_message("gradient norm", grad_norm, step, run_dir))
             scaler.step(optimizer)
             scaler.update()
+            window_seconds += time.perf_counter() - step_start
 
             # ---- bookkeeping
             values.update(lr=lr, grad_norm=grad_norm)
@@ -241,13 +255,12 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             window_images += batch_size_of(batch)
             bar.update(1)
             if step % config.log_every == 0 or step == last_step:
-                elapsed = time.perf_counter() - window_start
                 record = {"step": step, "split": "train", **{k: v / window_steps for k, v in window.items()},
-                          "lr": lr, "throughput": window_images / max(elapsed, 1e-9),
+                          "lr": lr, "throughput": window_images / max(window_seconds, 1e-9),
                           "epoch": step / loader.batch_sampler.batches_per_epoch}
                 writer.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['throughput']:.0f}")
-                window, window_steps, window_images = {}, 0, 0
+                window, window_steps, window_images, window_seconds = {}, 0, 0, 0.0
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 val_metrics = evaluate(model, objective, val_loader, device, autocast_dtype)
                 writer.write({"step": step, "split": "val", **val_metrics})
@@ -258,8 +271,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                          "rng": rng_state(), "data": loader.batch_sampler.position(step)}
                 checkpoint = save_checkpoint(run_dir, step, model, state, config_to_dict(config),
                                              keep=config.keep_checkpoints)
-            if step % config.log_every == 0 or step == last_step:
-                window_start = time.perf_counter()  # evaluation and saving do not count against throughput
         test_metrics: dict = {}
         if last_step == config.steps:
             test_metrics = evaluate(model, objective, eval_loader(datasets["test"], config.data.eval_batch_size,
@@ -273,12 +284,6 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         writer.close()
         _plot(run_dir, config)
     return TrainResult(run_dir, last_step, val_metrics, test_metrics, checkpoint, last_step < config.steps)
-
-
-def _from_json(data: dict) -> TrainConfig:
-    from .config import config_from_dict
-
-    return config_from_dict(data)
 
 
 def _nonfinite_message(what: str, value: float, step: int, run_dir: Path) -> str:

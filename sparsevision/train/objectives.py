@@ -75,7 +75,8 @@ class ClassificationObjective(Objective):
         task_loss = classification_loss(self.kind, logits, labels, self.label_smoothing)
         aux_loss = aux["aux_loss"].float()
         loss = task_loss + aux_loss
-        metrics = {"loss": loss.detach(), "task_loss": task_loss.detach(), "accuracy": accuracy(logits.detach(), labels)}
+        metrics = {"loss": loss.detach(), "task_loss": task_loss.detach(),
+                   "accuracy": accuracy(logits.detach(), labels)}
         if aux.get("moe"):
             metrics["aux_loss"] = aux_loss.detach()
             metrics.update(moe_metrics(aux))

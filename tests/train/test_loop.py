@@ -53,6 +53,8 @@ def test_existing_run_needs_resume_and_names_are_checked(tiny_config):
         train(tiny_config("d", sets=["data.dataset=digitz"]), progress=False)
     with pytest.raises(ValueError, match="unknown objective 'clasification'; did you mean classification"):
         train(tiny_config("o", sets=["objective=clasification"]), progress=False)
+    with pytest.raises(ValueError, match="unexpected keyword argument 'widht'"):
+        train(tiny_config("m", sets=["model.overrides.widht=8"]), progress=False)
     with pytest.raises(ValueError, match="precision=fp16 needs CUDA"):
         train(tiny_config("p", sets=["precision=fp16"]), progress=False)
     with pytest.raises(ValueError, match="out_dir is empty"):
