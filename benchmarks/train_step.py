@@ -1,0 +1,133 @@
+"""Images per second of a full training step (forward, backward, AdamW) of a V-MoE against its dense twin.
+
+    python benchmarks/train_step.py                        # S/16 and B/16 pairs, batch 256, bf16 autocast, CUDA
+    python benchmarks/train_step.py --device cpu --pairs test --batch-size 8 --repeats 2   # seconds, CPU
+
+The dense twin of a V-MoE is the same registered model with `moe_layers="none"`: identical backbone, head and
+patch size, every MLP dense. For B/16 that is ViT-B/16 itself; for S/16 it is V-MoE's own "ViT-S" (512 wide,
+8 deep, as in Riquelme et al. 2021), not DeiT's ViT-S (384 x 12), so that the pair differs only in the MoE layers.
+
+Step: `torch.autocast(dtype)` forward (fp32 master weights), cross-entropy + the MoE auxiliary loss, backward,
+AdamW (fused on CUDA). Throughput is batch / median step time. The FLOP ratio is forward FLOPs per image of the
+V-MoE over its twin, from `sparsevision.utils.flops.count_flops` (eval capacity, one image): with k=2 and
+capacity factor 1.05 a V-MoE layer does ~2.1x the MLP work of the dense layer it replaces. "Model TFLOP/s" is
+3 x forward FLOPs x images/s (backward = 2 forward), a rough utilisation figure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DTYPES, add_common_args, environment, format_table, peak_memory_mib,  # noqa: E402
+                    reset_peak_memory, resolve_device, time_step, write_json)
+
+from sparsevision import create_model  # noqa: E402
+from sparsevision.models import vmoe  # noqa: E402,F401  (registers the V-MoE names)
+from sparsevision.utils.flops import count_flops  # noqa: E402
+
+PAIRS = {"S/16": "vmoe_s16", "S/32": "vmoe_s32", "B/16": "vmoe_b16", "B/32": "vmoe_b32", "L/16": "vmoe_l16",
+         "H/14": "vmoe_h14", "test": "vmoe_tiny_test"}
+
+
+def build(name: str, dense: bool, args) -> torch.nn.Module:
+    overrides = {"moe_layers": "none"} if dense else {}
+    if args.num_experts is not None and not dense:
+        overrides["num_experts"] = args.num_experts
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    return create_model(name, **overrides)
+
+
+def measure(model: torch.nn.Module, args, device: torch.device) -> dict:
+    model = model.to(device).train()
+    size = model.patch_embed.img_size
+    images = torch.randn(args.batch_size, model.patch_embed.in_chans, *size, device=device)
+    labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, **fused)
+    forward = torch.compile(model) if args.compile else model
+    dtype = DTYPES[args.dtype]
+    autocast = dtype != torch.float32
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            logits, aux = forward(images, return_aux=True)
+            loss = F.cross_entropy(logits.float(), labels) + aux["aux_loss"].float()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak_memory(device)
+    try:
+        row = time_step(step, device, args.repeats, args.warmup)
+    except torch.cuda.OutOfMemoryError:
+        return {"note": "out of memory"}
+    row["images_per_s"] = args.batch_size / (row["ms"] / 1e3)
+    row["peak_mib"] = peak_memory_mib(device)
+    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    return row
+
+
+COLUMNS = [("model", "model", ""), ("kind", "kind", ""), ("params_m", "params M", ".1f"),
+           ("gflops", "fwd GFLOP/img", ".4g"), ("ms", "step ms", ".1f"), ("images_per_s", "images/s", ".1f"),
+           ("model_tflops", "model TFLOP/s", ".4g"), ("peak_mib", "peak MiB", ".0f"),
+           ("flop_ratio", "FLOP ratio", ".3f"), ("speed_ratio", "time ratio", ".3f"), ("note", "note", "")]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", nargs="+", default=["S/16", "B/16"], choices=sorted(PAIRS))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-experts", type=int, default=None, help="override E (default: the registered 8)")
+    parser.add_argument("--num-classes", type=int, default=None, help="override the head (default 1000)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_common_args(parser, json_default="benchmarks/results/train_step.json")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    env = environment(device, __file__, argv)
+    print(f"{env['device_name']} | torch {env['torch']} | batch {args.batch_size} | {args.dtype} autocast"
+          f"{' | compiled' if args.compile else ''}", flush=True)
+    rows = []
+    for pair in args.pairs:
+        name = PAIRS[pair]
+        results = {}
+        for kind, dense in (("dense", True), ("moe", False)):
+            model = build(name, dense, args)
+            flops = count_flops(model)
+            row = {"model": f"{'ViT' if dense else 'V-MoE'}-{pair}", "registered": name, "kind": kind,
+                   "gflops": flops / 1e9, **measure(model, args, device)}
+            if "images_per_s" in row:
+                row["model_tflops"] = 3 * flops * row["images_per_s"] / 1e12
+            results[kind] = row
+            rows.append(row)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        moe, dense = results["moe"], results["dense"]
+        moe["flop_ratio"] = moe["gflops"] / dense["gflops"]
+        if "ms" in moe and "ms" in dense:
+            moe["speed_ratio"] = moe["ms"] / dense["ms"]
+        print(format_table([dense, moe], COLUMNS, header=False), flush=True)
+    print()
+    print(format_table(rows, COLUMNS))
+    print("FLOP ratio: V-MoE forward FLOPs / dense twin's; time ratio: V-MoE step time / dense twin's.")
+    payload = {**env, "benchmark": "train_step", "config": {k: v for k, v in vars(args).items() if k != "json"},
+               "rows": rows}
+    path = write_json(args.json, payload)
+    print(f"\nwrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

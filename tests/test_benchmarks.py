@@ -1,0 +1,60 @@
+"""Smoke tests of the benchmark scripts in their tiny CPU mode (one repeat): every row runs, the JSON is written,
+and the FLOP counts follow the formulas in the scripts' docstrings, recomputed here by hand."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_moe_layer_tiny_cpu(tmp_path, capsys):
+    out = tmp_path / "moe_layer.json"
+    payload = _load("moe_layer").main(["--device", "cpu", "--tokens", "512", "--dim", "64", "--hidden", "128",
+                                       "--experts", "4", "--k", "2", "--capacity-factor", "1.25", "--dtype", "fp32",
+                                       "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(payload["rows"], default=str))
+    rows = {r["impl"]: r for r in payload["rows"]}
+    assert {"dense", "index", "einsum", "loop", "soft"} <= set(rows)
+    for impl in ("dense", "index", "einsum", "loop", "soft"):
+        assert rows[impl]["ms"] > 0 and rows[impl]["useful_tflops"] > 0, impl
+    # 512 tokens = 4 images x 128 (the largest divisor of 512 below 196), one image per routing group.
+    t, d, h, k, e, s = 512, 64, 128, 2, 4, 128
+    assert rows["dense"]["useful_flops"] == 12 * t * k * d * h == rows["index"]["useful_flops"]
+    capacity = 80  # ceil(128 * 2 * 1.25 / 4) = 80, already a multiple of 4
+    assert rows["index"]["capacity"] == capacity
+    assert rows["index"]["executed_flops"] == 12 * (t // s) * e * capacity * d * h
+    slots = 40  # round(128 * 1.25 / 4)
+    assert rows["soft"]["capacity"] == slots and rows["soft"]["useful_flops"] == 12 * (t // s) * e * slots * d * h
+    for r in payload["rows"]:  # peers: timed when installed, else a reason
+        assert "ms" in r or r.get("note"), r
+    assert payload["torch"] == torch.__version__ and payload["date"]
+    assert payload["command"].startswith("python benchmarks/moe_layer.py --device cpu --tokens 512")
+    assert "useful TFLOP/s" in capsys.readouterr().out
+
+
+def test_train_step_tiny_cpu(tmp_path):
+    out = tmp_path / "train_step.json"
+    payload = _load("train_step").main(["--device", "cpu", "--pairs", "test", "--batch-size", "4", "--dtype", "fp32",
+                                        "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    dense, moe = payload["rows"]
+    assert json.loads(out.read_text())["benchmark"] == "train_step"
+    assert (dense["kind"], moe["kind"]) == ("dense", "moe")
+    assert dense["images_per_s"] > 0 and moe["images_per_s"] > 0
+    assert moe["params_m"] > dense["params_m"]  # the experts
+    assert moe["flop_ratio"] == moe["gflops"] / dense["gflops"] > 1.0
