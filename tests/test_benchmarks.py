@@ -58,3 +58,15 @@ def test_train_step_tiny_cpu(tmp_path):
     assert dense["images_per_s"] > 0 and moe["images_per_s"] > 0
     assert moe["params_m"] > dense["params_m"]  # the experts
     assert moe["flop_ratio"] == moe["gflops"] / dense["gflops"] > 1.0
+
+
+def test_memory_table_matches_hand_count():
+    rows = _load("memory_table").table([8], [1, 8, 16], "every-2")
+    b16 = next(r for r in rows if r["model"] == "V-MoE-B/16")
+    # 6 MoE blocks (every 2nd of 12) x 8 experts x (768x3072 + 3072 + 3072x768 + 768) parameters.
+    expert = 6 * 8 * (2 * 768 * 3072 + 3072 + 768)
+    assert round(b16["expert_params_m"] * 1e6) == expert
+    shared = b16["params_m"] * 1e6 - expert
+    assert b16["ep_w1"] == 1 and b16["ep_w8"] == 8 and b16["ep_w16"] == 8  # P = gcd(W, E)
+    assert abs(b16["gib_w1"] - 16 * (shared + expert) / 2**30) < 1e-9
+    assert abs(b16["gib_w8"] - 16 * (shared + expert / 8) / 2**30) < 1e-9
