@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                        # S/16 and B/16 pairs, batch 256, bf16 autocast, CUDA
     python benchmarks/train_step.py --device cpu --pairs test --batch-size 8 --repeats 2   # seconds, CPU
+    torchrun --nproc_per_node 8 benchmarks/train_step.py --batch-size 128   # per-rank batch; experts sharded
 
 The dense twin of a V-MoE is the same registered model with `moe_layers="none"`: identical backbone, head and
 patch size, every MLP dense. For B/16 that is ViT-B/16 itself; for S/16 it is V-MoE's own "ViT-S" (512 wide,
@@ -12,6 +13,11 @@ AdamW (fused on CUDA). Throughput is batch / median step time. The FLOP ratio is
 V-MoE over its twin, from `sparsevision.utils.flops.count_flops` (eval capacity, one image): with k=2 and
 capacity factor 1.05 a V-MoE layer does ~2.1x the MLP work of the dense layer it replaces. "Model TFLOP/s" is
 3 x forward FLOPs x images/s (backward = 2 forward), a rough utilisation figure.
+
+Under torchrun (WORLD_SIZE > 1) every rank runs --batch-size images, the dense twin is plain DDP and the V-MoE is
+expert-parallel (`sparsevision.moe.parallel.shard_experts_`, then DDP for the rest); images/s is then the global
+rate (world size x batch / step time) and rank 0 prints and writes the JSON. `--device` is ignored there (each
+rank uses cuda:LOCAL_RANK, or the CPU with gloo).
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ from common import (DTYPES, add_common_args, environment, format_table, peak_mem
                     reset_peak_memory, resolve_device, time_step, write_json)
 
 from sparsevision import create_model  # noqa: E402
+from sparsevision.distributed import (DistributedContext, setup_distributed, teardown_distributed,  # noqa: E402
+                                      wrap_ddp)
+from sparsevision.moe.parallel import shard_experts_  # noqa: E402
 from sparsevision.models import vmoe  # noqa: E402,F401  (registers the V-MoE names)
 from sparsevision.utils.flops import count_flops  # noqa: E402
 
@@ -43,14 +52,21 @@ def build(name: str, dense: bool, args) -> torch.nn.Module:
     return create_model(name, **overrides)
 
 
-def measure(model: torch.nn.Module, args, device: torch.device) -> dict:
+def measure(model: torch.nn.Module, args, device: torch.device, ctx: DistributedContext) -> dict:
     model = model.to(device).train()
     size = model.patch_embed.img_size
     images = torch.randn(args.batch_size, model.patch_embed.in_chans, *size, device=device)
     labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+    plan = None
+    if ctx.is_distributed:
+        if getattr(model, "moe_layers", ()):
+            plan = shard_experts_(model, ctx)  # before the optimizer: it must see the shards
+        ddp = wrap_ddp(model, ctx)
+    else:
+        ddp = model
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, **fused)
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(ddp) if args.compile else ddp
     dtype = DTYPES[args.dtype]
     autocast = dtype != torch.float32
 
@@ -67,13 +83,15 @@ def measure(model: torch.nn.Module, args, device: torch.device) -> dict:
         row = time_step(step, device, args.repeats, args.warmup)
     except torch.cuda.OutOfMemoryError:
         return {"note": "out of memory"}
-    row["images_per_s"] = args.batch_size / (row["ms"] / 1e3)
+    row["images_per_s"] = ctx.world_size * args.batch_size / (row["ms"] / 1e3)
+    row["world_size"] = ctx.world_size
+    row["ep_size"] = plan.ep_size if plan is not None else None
     row["peak_mib"] = peak_memory_mib(device)
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     return row
 
 
-COLUMNS = [("model", "model", ""), ("kind", "kind", ""), ("params_m", "params M", ".1f"),
+COLUMNS = [("model", "model", ""), ("kind", "kind", ""), ("params_m", "params M/rank", ".1f"),
            ("gflops", "fwd GFLOP/img", ".4g"), ("ms", "step ms", ".1f"), ("images_per_s", "images/s", ".1f"),
            ("model_tflops", "model TFLOP/s", ".4g"), ("peak_mib", "peak MiB", ".0f"),
            ("flop_ratio", "FLOP ratio", ".3f"), ("speed_ratio", "time ratio", ".3f"), ("note", "note", "")]
@@ -91,13 +109,22 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    ctx = setup_distributed()
+    try:
+        return _run(args, ctx, argv)
+    finally:
+        teardown_distributed(ctx)
+
+
+def _run(args, ctx: DistributedContext, argv) -> dict | None:
+    device = ctx.device if ctx.is_distributed else resolve_device(args.device)
     torch.manual_seed(args.seed)
     env = environment(device, __file__, argv)
-    print(f"{env['device_name']} | torch {env['torch']} | batch {args.batch_size} | {args.dtype} autocast"
-          f"{' | compiled' if args.compile else ''}", flush=True)
+    say = print if ctx.is_main else (lambda *a, **k: None)
+    say(f"{env['device_name']} | torch {env['torch']} | {ctx.world_size} rank(s) x batch {args.batch_size} | "
+        f"{args.dtype} autocast{' | compiled' if args.compile else ''}", flush=True)
     rows = []
     for pair in args.pairs:
         name = PAIRS[pair]
@@ -106,7 +133,7 @@ def main(argv=None) -> dict:
             model = build(name, dense, args)
             flops = count_flops(model)
             row = {"model": f"{'ViT' if dense else 'V-MoE'}-{pair}", "registered": name, "kind": kind,
-                   "gflops": flops / 1e9, **measure(model, args, device)}
+                   "gflops": flops / 1e9, **measure(model, args, device, ctx)}
             if "images_per_s" in row:
                 row["model_tflops"] = 3 * flops * row["images_per_s"] / 1e12
             results[kind] = row
@@ -118,12 +145,14 @@ def main(argv=None) -> dict:
         moe["flop_ratio"] = moe["gflops"] / dense["gflops"]
         if "ms" in moe and "ms" in dense:
             moe["speed_ratio"] = moe["ms"] / dense["ms"]
-        print(format_table([dense, moe], COLUMNS, header=False), flush=True)
+        say(format_table([dense, moe], COLUMNS, header=False), flush=True)
+    if not ctx.is_main:
+        return None
     print()
     print(format_table(rows, COLUMNS))
     print("FLOP ratio: V-MoE forward FLOPs / dense twin's; time ratio: V-MoE step time / dense twin's.")
-    payload = {**env, "benchmark": "train_step", "config": {k: v for k, v in vars(args).items() if k != "json"},
-               "rows": rows}
+    payload = {**env, "benchmark": "train_step", "world_size": ctx.world_size,
+               "config": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows}
     path = write_json(args.json, payload)
     print(f"\nwrote {path}")
     return payload
