@@ -265,7 +265,8 @@ def full_state_dict(model: nn.Module, all_ranks: bool = False) -> dict[str, torc
     model = unwrap(model)
     shards = _shard_modules(model)
     plan = next(iter(shards.values())).plan if shards else None
-    out: dict[str, torch.Tensor] | None = {}
+    keep = all_ranks or plan is None or plan.ctx.rank == 0
+    out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         owner, _, attr = key.rpartition(".")
         if owner in shards and attr in EXPERT_PARAMS:
@@ -276,11 +277,9 @@ def full_state_dict(model: nn.Module, all_ranks: bool = False) -> dict[str, torc
             if all_ranks:
                 full = _broadcast_from_rank0(full, value, plan)
             value = full
-        if out is not None and value is not None:
+        if keep:
             out[key] = value.detach().cpu().clone()
-    if not all_ranks and plan is not None and plan.ctx.rank != 0:
-        return None
-    return out
+    return out if keep else None
 
 
 def _broadcast_from_rank0(full: torch.Tensor | None, shard: torch.Tensor, plan: ExpertParallelPlan) -> torch.Tensor:
