@@ -317,7 +317,8 @@ def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 def full_optimizer_state_dict(optimizer: torch.optim.Optimizer, all_ranks: bool = False) -> dict | None:
     """`optimizer.state_dict()` with every per-parameter state tensor of an expert shard (AdamW's exp_avg,
     exp_avg_sq) gathered to the full [E, ...] shape: the state one process would hold. Rank 0 gets it (every rank
-    with `all_ranks`), the others None. Every rank must call it."""
+    with `all_ranks`), the others None. Every rank must call it. As with `optimizer.state_dict()`, the tensors of
+    non-expert parameters are the optimizer's live tensors: save (or copy) before the next step."""
     state = optimizer.state_dict()
     params = _optimizer_params(optimizer)
     plan = None
@@ -325,12 +326,16 @@ def full_optimizer_state_dict(optimizer: torch.optim.Optimizer, all_ranks: bool 
         if not getattr(param, "expert_parallel", False):
             continue
         plan = _param_plan(param)
-        for name, value in list(state["state"].get(index, {}).items()):
+        if index not in state["state"]:
+            continue
+        # state_dict() hands out the optimizer's live per-parameter dicts: replace, never edit them.
+        per_param = state["state"][index] = dict(state["state"][index])
+        for name, value in per_param.items():
             if isinstance(value, torch.Tensor) and value.shape == param.shape:
                 full = gather_dim0(value, plan.ep_group, dst=0, ctx=plan.ctx) if plan.ep_root == 0 else None
                 if all_ranks:
                     full = _broadcast_from_rank0(full, value, plan)
-                state["state"][index][name] = full
+                per_param[name] = full
     if plan is not None and not all_ranks and plan.ctx.rank != 0:
         return None
     return state

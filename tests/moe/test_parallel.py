@@ -133,16 +133,18 @@ def _run(ctx: DistributedContext, ref: dict, ep_size: int) -> dict:
     ddp = wrap_ddp(model, ctx)
     opt = _optimizer(model)
     out["losses"], out["norms"] = [], []
-    for images, labels in ref["batches"][:-1]:
+    for step, (images, labels) in enumerate(ref["batches"]):
         loss = _loss(ddp, _half(images, ctx.rank), _half(labels, ctx.rank))
         loss.backward()
         out["norms"].append(float(clip_grad_norm_(model, MAX_NORM)))
         opt.step()
         opt.zero_grad()
         out["losses"].append(float(loss.detach()))
-    # N -> 1: the one-process layout, gathered on rank 0.
-    out["model_before_last"] = full_state_dict(model)
-    out["opt_before_last"] = full_optimizer_state_dict(opt)
+        if step == STEPS - 2:  # N -> 1: the one-process layout, gathered on rank 0; training goes on after it
+            out["model_before_last"] = full_state_dict(model)
+            # Like optimizer.state_dict(), it shares the live tensors of the replicated parameters: copy to keep.
+            out["opt_before_last"] = copy.deepcopy(full_optimizer_state_dict(opt))
+    out["continued"] = full_state_dict(model)
 
     # 1 -> N with optimizer state: a fresh model and optimizer resume from the *reference's* checkpoint.
     torch.manual_seed(777)
@@ -155,10 +157,9 @@ def _run(ctx: DistributedContext, ref: dict, ep_size: int) -> dict:
     images, labels = ref["batches"][-1]
     loss = _loss(ddp, _half(images, ctx.rank), _half(labels, ctx.rank))
     loss.backward()
-    out["norms"].append(float(clip_grad_norm_(model, MAX_NORM)))
+    out["resumed_norm"] = float(clip_grad_norm_(model, MAX_NORM))
     opt.step()
-    out["losses"].append(float(loss.detach()))
-    out["final"] = full_state_dict(model)
+    out["resumed"] = full_state_dict(model)
     return out
 
 
@@ -218,7 +219,9 @@ def test_expert_parallel_matches_one_process(reference, two_ranks, ep_size):
     for index, per_param in want_opt["state"].items():
         for name, value in per_param.items():
             _close(got_opt["state"][index][name], value, f"2 -> 1 optimizer state {index}.{name}", TOL64)
-    _close_states(main["final"], reference["final"], "1 -> 2 resumed model")
+    _close_states(main["continued"], reference["final"], "model trained on after the gather")
+    _close_states(main["resumed"], reference["final"], "1 -> 2 resumed model")
+    assert abs(main["resumed_norm"] - reference["norms"][-1]) <= TOL64 * reference["norms"][-1]
 
 
 def _failure_worker(ctx: DistributedContext) -> dict:
