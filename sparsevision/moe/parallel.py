@@ -52,6 +52,10 @@ class ExpertParallelPlan:
     replica_group: object | None  # the R ranks holding the same expert shard (None when R == 1)
     ctx: DistributedContext
 
+    def __deepcopy__(self, memo) -> "ExpertParallelPlan":
+        # Process groups cannot be copied, and a copy of the model (an EMA, say) lives on the same ranks.
+        return self
+
     @property
     def num_replicas(self) -> int:
         return self.world_size // self.ep_size

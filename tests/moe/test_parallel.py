@@ -129,6 +129,7 @@ def _run(ctx: DistributedContext, ref: dict, ep_size: int) -> dict:
     shard_experts_(model, ctx, ep_size=ep_size)
     out["after_sync"] = full_state_dict(model, all_ranks=True)
     out["shapes"] = {n: tuple(p.shape) for n, p in expert_parallel_params(model).items()}
+    out["copy_shapes"] = {n: tuple(p.shape) for n, p in copy.deepcopy(model).named_parameters() if n in out["shapes"]}
     out["local_experts"] = {n: p.detach().clone() for n, p in expert_parallel_params(model).items()}
     ddp = wrap_ddp(model, ctx)
     opt = _optimizer(model)
@@ -199,6 +200,7 @@ def test_expert_parallel_matches_one_process(reference, two_ranks, ep_size):
                 _close(g, want, f"{kind} grad {name}, rank {rank}")
         # Each rank holds only its experts, and they are rank 0's (= the reference's) initial experts.
         assert res["shapes"], "no expert-parallel parameters"
+        assert res["copy_shapes"] == res["shapes"]  # a deep copy (an EMA, say) keeps the shards
         for name, shape in res["shapes"].items():
             full = reference["init"][name]
             assert shape == (full.shape[0] // ep_size, *full.shape[1:]), name
