@@ -37,49 +37,13 @@ def parse_factors(text: str) -> list[float]:
     return factors
 
 
-def load_model(spec: str, weights: str | None = None, overrides: dict | None = None):
-    """(model in eval mode, name) from a run / checkpoint directory, a safetensors file, or a registered name."""
-    import json
-    import os
-
-    from safetensors import safe_open
-
-    from ..models import create_model
-    from ..models import vmoe  # noqa: F401  (registers the MoE models)
-    from ..train.checkpoint import load_checkpoint_model, load_model_weights
-
-    if os.path.exists(spec):
-        if weights:
-            raise ValueError("--weights goes with a registered model name, not with a path in --model")
-        try:
-            model, config = load_checkpoint_model(spec)
-            return model, config.model.name
-        except FileNotFoundError:
-            if not (os.path.isfile(spec) and spec.endswith(".safetensors")):
-                raise
-        # A file written by `sparsevision convert` names its model in the metadata.
-        with safe_open(spec, framework="pt") as f:
-            meta = f.metadata() or {}
-        if "model" not in meta:
-            raise FileNotFoundError(f"{spec} has no config.json beside it and no model name in its metadata; pass "
-                                    f"--model NAME --weights {spec}")
-        name, overrides = meta["model"], {**json.loads(meta.get("overrides", "{}")), **(overrides or {})}
-        weights = spec
-    else:
-        name = spec
-        if not weights:
-            raise FileNotFoundError(f"{spec!r} is not a path; for a registered model name pass --weights FILE")
-    model = create_model(name, **(overrides or {}))
-    load_model_weights(model, weights)
-    return model.eval(), name
-
-
 def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
     from ..convert.cli import parse_overrides
     from ..data import build_dataset
+    from ..models.loading import load_model
     from .capacity import evaluate_capacity_factors, save_capacity_results
 
     factors = parse_factors(args.capacity_factors)

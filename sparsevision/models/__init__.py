@@ -1,5 +1,5 @@
 """Model families; importing this package registers every model name."""
-from . import mixer, vit  # noqa: F401  (registration side effects)
+from . import limoe, mixer, two_tower, vit, vmoe  # noqa: F401  (registration side effects)
 from .registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

@@ -1,0 +1,40 @@
+"""Turn what a user points at into a model: a run or checkpoint directory, a safetensors file written by training
+or `sparsevision convert`, or a registered name plus a weights file. Every sub-command that takes `--model` uses this.
+"""
+from __future__ import annotations
+
+
+def load_model(spec: str, weights: str | None = None, overrides: dict | None = None):
+    """(model in eval mode, name) from a run / checkpoint directory, a safetensors file, or a registered name."""
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    from . import create_model
+    from ..train.checkpoint import load_checkpoint_model, load_model_weights
+
+    if os.path.exists(spec):
+        if weights:
+            raise ValueError("--weights goes with a registered model name, not with a path in --model")
+        try:
+            model, config = load_checkpoint_model(spec)
+            return model, config.model.name
+        except FileNotFoundError:
+            if not (os.path.isfile(spec) and spec.endswith(".safetensors")):
+                raise
+        # A file written by `sparsevision convert` names its model in the metadata.
+        with safe_open(spec, framework="pt") as f:
+            meta = f.metadata() or {}
+        if "model" not in meta:
+            raise FileNotFoundError(f"{spec} has no config.json beside it and no model name in its metadata; pass "
+                                    f"--model NAME --weights {spec}")
+        name, overrides = meta["model"], {**json.loads(meta.get("overrides", "{}")), **(overrides or {})}
+        weights = spec
+    else:
+        name = spec
+        if not weights:
+            raise FileNotFoundError(f"{spec!r} is not a path; for a registered model name pass --weights FILE")
+    model = create_model(name, **(overrides or {}))
+    load_model_weights(model, weights)
+    return model.eval(), name
