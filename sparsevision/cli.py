@@ -11,7 +11,11 @@ import sys
 # name -> module. Every module is imported to build the parser, so command modules import only argparse at the
 # top and do their heavy imports inside `run`, which keeps `sparsevision --help` fast.
 COMMANDS: dict[str, str] = {
+    "train": "sparsevision.train.cli",
     "models": "sparsevision.models.cli",
+    "convert": "sparsevision.convert.cli",
+    "evaluate": "sparsevision.evaluate.cli",
+    "zeroshot": "sparsevision.evaluate.zeroshot_cli",
 }
 
 
