@@ -14,15 +14,20 @@ Built-in datasets (no files, no network; generated ones are a pure function of (
     textures              9        10000 / 1000 / 2000 (*)   dtd
 
 (*) generated: any size via num_examples=; each split is its own independent stream, so val never repeats train.
+Captioned images for contrastive training: `build_caption_dataset` (captions from the generated factors, e.g. "a
+large red square in the top left"), `ImageTextFolder` / `ImageTextTable` / `WebDatasetPairs` for a user's pairs.
 User data: `folder:<root>`, `hf:<name>` (pip install sparsevision[hf]), `tv:<Name>` (pip install sparsevision[vision]).
 """
 from .augment import random_crop_flip
 from .base import SPLITS, GeneratedDataset, ImageDataset
+from .captions import (CaptionDataset, ImageTextFolder, ImageTextTable, TokenizedCaptions, WebDatasetPairs,
+                       build_caption_dataset)
 from .folder import CorruptImageError
 from .loader import make_loader, materialize
 from .registry import DEFAULT_DATASET, build_dataset, list_datasets
 
 __all__ = [
-    "DEFAULT_DATASET", "SPLITS", "CorruptImageError", "GeneratedDataset", "ImageDataset", "build_dataset",
-    "list_datasets", "make_loader", "materialize", "random_crop_flip",
+    "DEFAULT_DATASET", "SPLITS", "CaptionDataset", "CorruptImageError", "GeneratedDataset", "ImageDataset",
+    "ImageTextFolder", "ImageTextTable", "TokenizedCaptions", "WebDatasetPairs", "build_caption_dataset",
+    "build_dataset", "list_datasets", "make_loader", "materialize", "random_crop_flip",
 ]
