@@ -5,8 +5,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..layers.pos_embed import resample_grid
 
 
 @dataclass
@@ -41,15 +42,6 @@ class LoadReport:
             parts.append(listing("shape mismatch", (f"{k}: checkpoint {tuple(a)}, model expects {tuple(b)}"
                                                     for k, a, b in self.mismatched)))
         return "\n".join(parts)
-
-
-def resample_grid(grid: torch.Tensor, new_hw: tuple[int, int]) -> torch.Tensor:
-    """[h*w, D] square table -> [H*W, D], bilinear with corners aligned (scipy.ndimage.zoom(order=1), as the
-    official `resample_posemb` / `interpolate_posembed`)."""
-    old = math.isqrt(grid.shape[0])
-    table = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).double()
-    table = F.interpolate(table, size=tuple(new_hw), mode="bilinear", align_corners=True)
-    return table.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], -1).to(grid.dtype)
 
 
 def _is_square(n: int) -> bool:

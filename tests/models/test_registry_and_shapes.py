@@ -131,3 +131,14 @@ def test_vit_with_patch_merger_reduces_tokens():
     assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32)
     with pytest.raises(ValueError, match="gap"):
         sparsevision.create_model("vit_tiny_test", pool="token", patch_merger_after=0)
+
+
+def test_resample_pos_embed_matches_scipy_zoom():
+    # The official resample_posemb / interpolate_posembed use scipy.ndimage.zoom(order=1) on the grid.
+    from scipy.ndimage import zoom
+
+    torch.manual_seed(0)
+    table = torch.randn(1, 1 + 16, 6, dtype=torch.float64)
+    out = resample_pos_embed(table, (7, 7), num_prefix_tokens=1)
+    expected = zoom(table[0, 1:].reshape(4, 4, 6).numpy(), (7 / 4, 7 / 4, 1), order=1).reshape(49, 6)
+    torch.testing.assert_close(out[0, 1:], torch.from_numpy(expected), atol=1e-10, rtol=0)
