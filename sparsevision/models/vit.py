@@ -85,6 +85,7 @@ class VisionTransformer(nn.Module):
         patch_merger_after: int | None = None,
         patch_merger_tokens: int = 8,
         mlp_builder: Callable[[int], nn.Module] | None = None,
+        gelu_approximate: str = "none",
     ):
         super().__init__()
         if pool not in POOLS:
@@ -111,7 +112,7 @@ class VisionTransformer(nn.Module):
                 table = torch.cat([torch.zeros(1, 1, width), table], dim=1)
             self.register_buffer("pos_embed", table, persistent=False)
         self.dropout = nn.Dropout(dropout)
-        mlp_builder = mlp_builder or (lambda index: Mlp(width, mlp_dim, dropout))
+        mlp_builder = mlp_builder or (lambda index: Mlp(width, mlp_dim, dropout, gelu_approximate=gelu_approximate))
         self.blocks = nn.ModuleList(
             EncoderBlock(width, num_heads, mlp_builder(i), dropout, attn_dropout) for i in range(depth)
         )
@@ -172,4 +173,7 @@ def _vit_builder(size: str, patch: int, **defaults):
 
 for _size, _patch in [("Ti", 16), ("S", 16), ("S", 32), ("B", 16), ("B", 32), ("L", 16), ("L", 32), ("H", 14)]:
     register_model(f"vit_{_size.lower()}{_patch}", _vit_builder(_size, _patch))
+# PatchMerger paper placement: B/16 merges its 196 tokens into 8 after the 6th of 12 blocks (GAP head, since the
+# merger mixes every token), about halving the FLOPs; see `sparsevision models --flops`.
+register_model("vit_b16_pm", _vit_builder("B", 16, pool="gap", patch_merger_after=5, patch_merger_tokens=8))
 register_model("vit_tiny_test", _vit_builder("test", 8, img_size=32, num_classes=10, pool="gap"))

@@ -223,6 +223,11 @@ for _size, _patch, _where, _experts in [("S", 32, "last-2", 8), ("S", 16, "last-
     register_model(f"vmoe_{_size.lower()}{_patch}", _builder(
         VMOE_SIZES[_size], _patch, f"V-MoE-{_size}/{_patch}, E={_experts}, K=2, {_where}", moe_layers=_where,
         num_experts=_experts, **_VMOE))
+# V-MoE-B/16 with the PatchMerger paper's placement: 8 tokens after the 6th block, so the later MoE layers route
+# 8 merged tokens per image instead of 196 (GAP head: the merger mixes every token).
+register_model("vmoe_b16_pm", _builder(
+    VMOE_SIZES["B"], 16, "V-MoE-B/16 (E=8, K=2, every-2) with a PatchMerger to 8 tokens after block 6",
+    moe_layers="every-2", num_experts=8, **{**_VMOE, "pool": "gap"}, patch_merger_after=5, patch_merger_tokens=8))
 register_model("vmoe_tiny_test", _builder(
     VMOE_SIZES["test"], 8, "CPU test size: V-MoE, E=4, K=2, every-2", img_size=32, num_classes=10,
     moe_layers="every-2", num_experts=4, **_VMOE))

@@ -24,9 +24,11 @@ def _input_shape(model: nn.Module) -> tuple[int, int, int]:
     return (embed.in_chans, *embed.img_size)
 
 
-@torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
-    """Total forward FLOPs for one example of `input_shape` (default: the model's own image size)."""
+    """Total forward FLOPs for one example of `input_shape` (default: the model's own image size).
+
+    Image-text models (two-tower, LIMoE) are counted on their image side (`encode_image`), per image.
+    """
     shape = input_shape or _input_shape(model)
     attention_flops = []
 
@@ -38,12 +40,19 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | None = Non
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    forward = getattr(model, "encode_image", model)
+    # Gradients are switched off per parameter rather than with no_grad: torch's module tracker (inside the
+    # counter) fails on a parameter fed straight into a sub-module under no_grad (e.g. a MAP head's probe).
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(False)
     counter = FlopCounterMode(display=False)
     try:
         with counter:
-            model(torch.zeros(1, *shape, device=device))
+            forward(torch.zeros(1, *shape, device=device))
     finally:
         model.train(was_training)
+        for p, flag in requires_grad.items():
+            p.requires_grad_(flag)
         for hook in hooks:
             hook.remove()
     counted_ops = {str(op) for op in counter.get_flop_counts().get("Global", {})}

@@ -1,3 +1,5 @@
+import torch
+
 import sparsevision
 from sparsevision.utils.flops import count_flops
 
@@ -37,3 +39,21 @@ def test_patch_merger_saving_is_counted():
     )
     assert count_flops(merged) == expected
     assert count_flops(merged) < count_flops(dense)
+
+
+def test_patch_merger_presets_follow_the_paper_placement():
+    # 64px keeps the test fast: 16 patches merged into 8 after the 6th of 12 blocks.
+    for name in ("vit_b16_pm", "vmoe_b16_pm"):
+        model = sparsevision.create_model(name, img_size=64, num_classes=5, width=64, num_heads=2, mlp_dim=128)
+        tokens = []
+        for block in model.blocks:
+            block.register_forward_hook(lambda mod, inputs, out: tokens.append(inputs[0].shape[1]))
+        logits = model(torch.zeros(2, 3, 64, 64))
+        assert logits.shape == (2, 5)
+        assert tokens == [16] * 6 + [8] * 6
+
+
+def test_image_text_models_are_counted_on_their_image_side():
+    model = sparsevision.create_model("two_tower_tiny_test")
+    assert count_flops(model) == count_flops(model.image_tower) + 2 * model.image_tower.num_features * \
+        model.image_proj.out_features
