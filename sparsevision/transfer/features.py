@@ -29,11 +29,12 @@ def _encode(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset, batch_size: int = 128, max_examples: int | None = None,
                      device: str | torch.device | None = None, progress: bool = True,
-                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+                     desc: str = "features", image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float32 [N, D] on the CPU, labels int64 [N]) for the first `max_examples` items of `dataset`.
 
     Items are (image, label) or (image, ..., label). The model runs in eval mode (MoE layers use their eval capacity
-    factor) and is put back in the mode it was in.
+    factor) and is put back in the mode it was in. `image_size`: resize the images to this square size first
+    (bilinear, anti-aliased; BiT's evaluation pre-processing), e.g. the resolution a model was fine-tuned at.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -48,6 +49,9 @@ def extract_features(model: nn.Module, dataset, batch_size: int = 128, max_examp
         for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
             items = [dataset[i] for i in range(start, min(n, start + batch_size))]
             images = torch.stack([item[0] for item in items]).to(device)
+            if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
+                images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                                         align_corners=False, antialias=True)
             feats.append(_encode(model, images).float().cpu())
             labels += [int(item[-1]) for item in items]
     finally:
