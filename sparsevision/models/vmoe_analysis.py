@@ -7,6 +7,8 @@ expert-choice and soft routers report there). `plot_routing_heatmaps` draws them
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
@@ -80,12 +82,45 @@ def plot_routing_heatmaps(counts: Sequence[torch.Tensor], path, class_names: Seq
             table = table / table.sum(0, keepdim=True).clamp_min(1)
         elif normalize == "expert":
             table = table / table.sum(1, keepdim=True).clamp_min(1)
-        ax.imshow(table.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        image = ax.imshow(table.numpy(), aspect="auto", cmap="viridis", interpolation="nearest",
+                          vmin=0, vmax=1 if normalize != "none" else None)
+        ax.set_yticks(range(table.shape[0]))
         ax.set_title(layer_names[index] if layer_names else f"MoE layer {index}")
         ax.set_xlabel("class")
         ax.set_ylabel("expert")
         if class_names is not None and len(class_names) <= 20:
             ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    label = {"class": "share of the class's patches", "expert": "share of the expert's patches",
+             "none": "patches"}[normalize]
+    fig.colorbar(image, ax=list(axes[0]), label=label)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+ROUTING_PLOT, ROUTING_JSON = "routing.png", "routing.json"
+
+
+def write_routing_heatmaps(model: nn.Module, dataset, out_dir, max_examples: int = 512,
+                           batch_size: int = 128) -> Path | None:
+    """Count (`routing_heatmap`) and plot the routing of the first `max_examples` items of a labelled dataset into
+    `out_dir/routing.png` and `routing.json`; None (nothing written) for a model without MoE layers."""
+    from ..data.loader import make_loader
+    from ..train.checkpoint import atomic_write_bytes
+
+    from ..moe import MoeMlp
+
+    if not any(isinstance(m, MoeMlp) for m in model.modules()):
+        return None
+    device = next(model.parameters()).device
+    subset = torch.utils.data.Subset(dataset, range(min(len(dataset), max_examples)))
+    batches = ((images.to(device), labels) for images, labels in make_loader(subset, batch_size))
+    counts = routing_heatmap(model, batches, dataset.num_classes)
+    out_dir = Path(out_dir)
+    blocks = getattr(model, "moe_layers", None)
+    layer_names = [f"MoE layer in block {i}" for i in blocks] if blocks and len(blocks) == len(counts) else None
+    plot_routing_heatmaps(counts, out_dir / ROUTING_PLOT, class_names=getattr(dataset, "class_names", None),
+                          layer_names=layer_names)
+    payload = {"examples": len(subset), "class_names": list(getattr(dataset, "class_names", []) or []),
+               "counts_expert_by_class": [c.tolist() for c in counts]}
+    atomic_write_bytes(out_dir / ROUTING_JSON, json.dumps(payload).encode())
+    return out_dir / ROUTING_PLOT

@@ -62,9 +62,17 @@ def moe_metrics(aux: dict) -> dict[str, float | torch.Tensor]:
 class ClassificationObjective(Objective):
     """Softmax or sigmoid cross-entropy on (images, labels), plus the model's auxiliary (MoE) loss."""
 
-    def __init__(self, kind: str = "softmax", label_smoothing: float = 0.0):
+    def __init__(self, kind: str = "softmax", label_smoothing: float = 0.0, routing_examples: int = 512):
         self.kind = kind
         self.label_smoothing = label_smoothing
+        self.routing_examples = routing_examples
+        self._val_dataset = None
+
+    def build_dataset(self, config: TrainConfig, split: str):
+        dataset = super().build_dataset(config, split)
+        if split == "val":
+            self._val_dataset = dataset  # routed again at the end for the heat map
+        return dataset
 
     def model_overrides(self, config: TrainConfig, train_dataset) -> dict[str, Any]:
         return {"num_classes": train_dataset.num_classes, "img_size": config.data.image_size}
@@ -81,6 +89,15 @@ class ClassificationObjective(Objective):
             metrics["aux_loss"] = aux_loss.detach()
             metrics.update(moe_metrics(aux))
         return loss, metrics
+
+
+    def on_train_end(self, model: nn.Module, run_dir) -> None:
+        """MoE models: `routing.png` / `routing.json`, per MoE layer the share of each class's patches whose first
+        choice is each expert (V-MoE Fig. 7), on the first `routing_examples` validation images."""
+        from ..models.vmoe_analysis import write_routing_heatmaps
+
+        if self._val_dataset is not None and self.routing_examples > 0:
+            write_routing_heatmaps(model, self._val_dataset, run_dir, max_examples=self.routing_examples)
 
 
 _OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {

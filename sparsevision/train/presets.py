@@ -100,6 +100,12 @@ MIXER_DEFAULT = dataclasses.replace(
     DEFAULT, model=ModelConfig("mixer_tiny_test", {"patch_size": 8, "width": 64, "depth": 4,
                                                    "tokens_mlp_dim": 32, "channels_mlp_dim": 128}))
 
+# The default recipe with a V-MoE: 4 experts, top-2, MoE MLPs in every other block, as a CPU-sized check of sparse
+# training (aux losses, capacity, routing heat map written at the end).
+VMOE_DEFAULT = dataclasses.replace(
+    DEFAULT, model=ModelConfig("vmoe_tiny_test", {"patch_size": 8, "width": 64, "depth": 4, "num_heads": 4,
+                                                  "mlp_dim": 128, "num_experts": 4, "k": 2}))
+
 # ImageNet-1k examples in big_vision's train[:99%] split (1,281,167 images; the other 1% is minival).
 _I1K_TRAIN = 1_268_355
 
@@ -141,5 +147,6 @@ MIXER_B16_I1K = dataclasses.replace(
 )
 
 for _name, _config in [("default", DEFAULT), ("test", TEST), ("mixer-default", MIXER_DEFAULT),
+                       ("vmoe-default", VMOE_DEFAULT),
                        ("vit-b16-i1k", VIT_B16_I1K), ("vit-s16-i1k", VIT_S16_I1K), ("mixer-b16-i1k", MIXER_B16_I1K)]:
     register_preset(_name, _config)
