@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "convert": "sparsevision.convert.cli",
     "evaluate": "sparsevision.evaluate.cli",
     "zeroshot": "sparsevision.evaluate.zeroshot_cli",
+    "transfer": "sparsevision.transfer.cli",
 }
 
 

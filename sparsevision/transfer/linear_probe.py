@@ -64,7 +64,7 @@ def fit_logistic_head(features: torch.Tensor, labels: torch.Tensor, num_classes:
 
     def closure() -> torch.Tensor:
         loss = objective()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     optimizer.step(closure)
