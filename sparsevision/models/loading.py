@@ -11,7 +11,7 @@ def load_model(spec: str, weights: str | None = None, overrides: dict | None = N
 
     from safetensors import safe_open
 
-    from . import create_model
+    from .registry import check_model_name, create_model
     from ..train.checkpoint import load_checkpoint_model, load_model_weights
 
     if os.path.exists(spec):
@@ -32,6 +32,9 @@ def load_model(spec: str, weights: str | None = None, overrides: dict | None = N
         name, overrides = meta["model"], {**json.loads(meta.get("overrides", "{}")), **(overrides or {})}
         weights = spec
     else:
+        if os.sep in spec or spec.endswith((".safetensors", ".json")):
+            raise FileNotFoundError(f"{spec} does not exist")
+        check_model_name(spec)
         name = spec
         if not weights:
             raise FileNotFoundError(f"{spec!r} is not a path; for a registered model name pass --weights FILE")

@@ -25,12 +25,17 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model; `overrides` are constructor arguments (e.g. num_classes=10, img_size=32)."""
+def check_model_name(name: str) -> None:
+    """ValueError listing the close matches when `name` is not registered."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}{hint} (sparsevision.list_models() lists all {len(_MODELS)})")
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; `overrides` are constructor arguments (e.g. num_classes=10, img_size=32)."""
+    check_model_name(name)
     try:
         return _MODELS[name](**overrides)
     except TypeError as err:
