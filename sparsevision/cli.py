@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "train": "sparsevision.train.cli",
     "models": "sparsevision.models.cli",
+    "vtab": "sparsevision.vtab.cli",
     "convert": "sparsevision.convert.cli",
     "evaluate": "sparsevision.evaluate.cli",
     "zeroshot": "sparsevision.evaluate.zeroshot_cli",

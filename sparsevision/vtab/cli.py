@@ -1,0 +1,102 @@
+"""`sparsevision vtab`: the VTAB-1k benchmark (or the offline vtab-lite suite) for one pre-trained model."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "VTAB-1k (19 tasks, local data) or the offline vtab-lite suite: table, JSON and bar plot"
+
+EPILOG = """\
+protocol: per task, choices on train800 / val200, final run on the 1000 examples, accuracy on test; group means
+and the overall mean (over tasks, as the paper) in a table, <out>/<suite>_<mode>.json and .png.
+
+data (vtab-1k): this command never downloads. Each task is read from DATA_DIR/<task>/{train,val,test}/<class>/
+images (train = train800, val = val200, test = the task's test split), as written by
+  python -m sparsevision.vtab.export --data-dir DATA_DIR --tasks NAMES
+on a machine with internet and tensorflow-datasets. DATA_DIR: --data-dir, else $SPARSEVISION_VTAB_DIR, else
+~/.cache/sparsevision/vtab. Missing tasks are listed with how to get them; means are then over the present
+tasks and marked partial.
+
+vtab-lite: the built-in generated tasks and scikit-learn digits (natural: digits~svhn, textures~dtd; structured:
+dsprites_location, dsprites_orientation, counting~clevr_count, dsprites_shape; no specialized stand-in); runs
+anywhere in seconds to minutes.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", required=True,
+                        help="run directory, checkpoint directory or .safetensors (from training or "
+                             "`sparsevision convert`), or a registered model name together with --weights")
+    parser.add_argument("--weights", default=None, help="weights file for a registered model name")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="constructor override for a registered model name (repeatable)")
+    parser.add_argument("--suite", default="vtab-1k", choices=("vtab-1k", "vtab-lite"),
+                        help="vtab-1k (19 tasks from --data-dir) or vtab-lite (built-in, offline); default vtab-1k")
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks (default: all)")
+    parser.add_argument("--mode", default="finetune", choices=("finetune", "linear", "fewshot"),
+                        help="finetune: all weights, BiT-HyperRule, a fresh copy per task (the VTAB-1k standard; "
+                             "default); linear: logistic-regression head on frozen features; fewshot: closed-form "
+                             "ridge on frozen features (fastest)")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="finetune: multiply the HyperRule schedule (500 steps) by this, for quick runs")
+    parser.add_argument("--lr", default="0.003",
+                        help="finetune: learning rate, or several separated by commas to choose on val200 "
+                             "(default 0.003, BiT-HyperRule)")
+    parser.add_argument("--batch-size", type=int, default=512, help="finetune: batch size (default 512, HyperRule)")
+    parser.add_argument("--data-dir", default=None, help="VTAB-1k task folders (see below)")
+    parser.add_argument("--test-examples", type=int, default=None,
+                        help="cap each test set (vtab-lite default 1000; vtab-1k default: the whole split, a "
+                             "cap is flagged in the report)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: <run>/vtab for a run directory, else ./vtab)")
+    parser.add_argument("--seed", type=int, default=0, help="finetune / linear: seed of the adaptation runs")
+
+
+def parse_lrs(text: str) -> tuple[float, ...]:
+    try:
+        lrs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--lr must be numbers separated by commas, got {text!r}") from None
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise ValueError(f"--lr must be positive numbers, got {text!r}")
+    return lrs
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from ..convert.cli import parse_overrides
+    from ..models.loading import load_model
+    from .adapt import AdaptSettings
+    from .report import bar_plot, format_table, save_json
+    from .runner import run_suite
+
+    settings = AdaptSettings(mode=args.mode, steps_scale=args.steps_scale, lrs=parse_lrs(args.lr),
+                             batch_size=args.batch_size, seed=args.seed)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device} but CUDA is not available; use cpu or auto")
+    model, name = load_model(args.model, args.weights, parse_overrides(args.set))
+    model.to(device)
+    result = run_suite(model, args.suite, tasks=args.tasks, settings=settings, data_dir=args.data_dir,
+                       test_examples=args.test_examples, device=device, model_name=name,
+                       inner_progress=sys.stderr.isatty())
+    print(format_table(result))
+    out = Path(args.out) if args.out else (Path(args.model) / "vtab" if os.path.isdir(args.model) else Path("vtab"))
+    stem = f"{args.suite}_{args.mode}"
+    json_path, png_path = save_json(result, out / f"{stem}.json"), bar_plot(result, out / f"{stem}.png")
+    print(f"wrote {json_path} and {png_path}")
+    if not result.tasks:
+        hint = " (the offline suite: --suite vtab-lite)" if args.suite == "vtab-1k" else ""
+        print(f"sparsevision vtab: no task could run: none of their data is on this machine{hint}", file=sys.stderr)
+        return 1
+    return 0
