@@ -54,7 +54,7 @@ class FinetuneConfig:
     accum_steps: int = 1  # micro-batches per step (BiT's batch_split), for big models at large batch sizes
     eval_every: int = 0  # validation accuracy every this many steps; 0: only at the end
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 on a CUDA device that supports it)
-    linear_l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # linear mode: L2 choices, picked on val
+    linear_l2_grid: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # linear mode: picked on val (middle without)
     seed: int = 0
 
     def __post_init__(self):

@@ -93,10 +93,13 @@ def select_logistic_head(train: tuple[torch.Tensor, torch.Tensor], val: tuple[to
                          num_classes: int, l2_grid: tuple[float, ...],
                          max_iter: int = 200) -> tuple[LinearHead, list[dict]]:
     """Fit one head per l2 (strongest first, each warm-started from the previous) and keep the best on `val`
-    (ties go to the stronger l2); without `val`, the strongest l2 of the grid. Returns (head, per-l2 records)."""
+    (ties go to the stronger l2). Without `val` nothing can choose, so only the grid's middle value (the least
+    extreme guess; 1e-3 for the default grid) is fitted. Returns (head, per-l2 records)."""
     grid = sorted(set(float(v) for v in l2_grid), reverse=True)
     if not grid:
         raise ValueError("l2_grid is empty")
+    if val is None:
+        grid = [grid[len(grid) // 2]]
     best, best_acc, records, init = None, -1.0, [], None
     for l2 in grid:
         head = fit_logistic_head(*train, num_classes, l2=l2, max_iter=max_iter, init=init)

@@ -132,3 +132,10 @@ def test_finetune_and_linear_probe_from_a_pretrained_model(pretrained_run, digit
                      config=hyperrule(640, steps_scale=40 / 500, batch_size=64, lr=0.03, flip=False))
     assert tuned.config.steps == 40 and tuned.val_accuracy > 0.3  # chance is 0.1
     assert linear.val_accuracy > 0.3
+
+
+def test_linear_probe_without_val_uses_the_middle_l2(digits):
+    model = create_model("vit_tiny_test")
+    result = finetune(model, small(digits[0], 128), None, num_classes=10, mode="linear", progress=False,
+                      config=quick())
+    assert result.linear_l2 == 1e-3 and result.val_accuracy is None and len(result.linear_search) == 1
