@@ -83,6 +83,11 @@ def test_local_folder_task_is_found_and_run(run_dir, tmp_path, capsys):
     (camelyon,) = select_tasks("vtab-1k", "patch_camelyon")
     write_task(camelyon, data_dir, {"train": _fake_split(800, 2, rng), "val": _fake_split(200, 2, rng),
                                     "test": _fake_split(120, 2, rng)})
+    record = json.loads((data_dir / "patch_camelyon" / "vtab_export.json").read_text())
+    assert record["counts"] == {"train": 800, "val": 200, "test": 120}
+    assert sorted(p.name for p in (data_dir / "patch_camelyon" / "test").iterdir()) == ["000", "001"]
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        write_task(camelyon, data_dir, {})
     (dtd,) = select_tasks("vtab-1k", "dtd")  # present but too small: reported, not skipped silently
     write_task(dtd, data_dir, {"train": _fake_split(10, 47, rng), "val": _fake_split(4, 47, rng),
                                "test": _fake_split(5, 47, rng)})
