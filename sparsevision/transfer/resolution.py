@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from ..convert.common import resample_grid
+from ..layers.pos_embed import resample_grid
 from ..layers import sincos_2d_pos_embed
 from .features import model_image_size
 
