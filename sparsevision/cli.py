@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "sparsevision.evaluate.cli",
     "zeroshot": "sparsevision.evaluate.zeroshot_cli",
     "transfer": "sparsevision.transfer.cli",
+    "select": "sparsevision.selection.cli",
 }
 
 
