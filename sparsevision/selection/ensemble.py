@@ -7,9 +7,9 @@
 4. report test accuracy and NLL of the ensemble against the best single fine-tuned model, chosen by validation
    accuracy (ties to the lower validation NLL), as a user without an ensemble would choose it.
 
-Every fine-tuning run (candidate x lr) is one member of the pool the greedy step draws from. The paper's
-defaults are larger (it pre-selects from thousands of models and sweeps two learning rates); K, the sweep and the
-ensemble size are arguments here.
+Every fine-tuning run (candidate x lr) is one member of the pool the greedy step draws from. The paper works at
+a larger scale (it pre-selects from over 2,000 models and fine-tunes each with a small hyperparameter sweep); K,
+the lr sweep (one lr by default) and the number of greedy picks (5 by default) are arguments here.
 """
 from __future__ import annotations
 
