@@ -13,11 +13,11 @@ import sys
 COMMANDS: dict[str, str] = {
     "train": "sparsevision.train.cli",
     "models": "sparsevision.models.cli",
-    "vtab": "sparsevision.vtab.cli",
     "convert": "sparsevision.convert.cli",
     "evaluate": "sparsevision.evaluate.cli",
     "zeroshot": "sparsevision.evaluate.zeroshot_cli",
     "transfer": "sparsevision.transfer.cli",
+    "vtab": "sparsevision.vtab.cli",
     "select": "sparsevision.selection.cli",
 }
 
