@@ -55,10 +55,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _cpu_state_dict(model: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies; tensors sharing storage (tied weights) are cloned, which safetensors requires."""
     out, seen = {}, set()
-    for name, tensor in model.state_dict().items():
+    state = model if isinstance(model, dict) else model.state_dict()
+    for name, tensor in state.items():
         tensor = tensor.detach().cpu().contiguous()
         ptr = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else None
         if ptr in seen:
@@ -68,8 +69,10 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_model_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """The model's state_dict as safetensors, written atomically (temp file in the same directory, then rename)."""
+def save_model_weights(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+                       metadata: dict[str, str] | None = None) -> None:
+    """The model's state_dict (or a state_dict itself, e.g. the gathered `moe.parallel.full_state_dict` of an
+    expert-parallel job) as safetensors, written atomically (temp file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -101,7 +104,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool =
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = _full_shapes(model)
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
@@ -116,8 +119,25 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool =
     if problems:
         raise ValueError(f"weights in {path} do not match {type(model).__name__}: " + "; ".join(problems))
     state = load_file(str(path), device="cpu")
-    model.load_state_dict(state, strict=False)
+    from ..moe.parallel import load_full_state_dict_
+
+    load_full_state_dict_(model, state, strict=False)  # keeps this rank's experts of an expert-parallel model
     return missing, unexpected
+
+
+def _full_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """state_dict shapes as one process holds them: an expert-parallel shard counts as its full [E, ...] tensor."""
+    from ..moe.parallel import EXPERT_PARAMS, ExpertParallelExperts
+
+    shards = {name: m for name, m in model.named_modules() if isinstance(m, ExpertParallelExperts)}
+    shapes = {}
+    for key, value in model.state_dict().items():
+        owner, _, attr = key.rpartition(".")
+        shape = tuple(value.shape)
+        if owner in shards and attr in EXPERT_PARAMS:
+            shape = (shards[owner].num_global_experts, *shape[1:])
+        shapes[key] = shape
+    return shapes
 
 
 # ------------------------------------------------------------------------------------------ training checkpoints
@@ -140,12 +160,18 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, state: dict, config: dict,
-                    keep: int = 1) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep` checkpoints."""
-    root = Path(run_dir) / CHECKPOINT_DIR
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where checkpoint `step` of a run lives."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module | dict[str, torch.Tensor], state: dict,
+                    config: dict, keep: int = 1) -> Path:
+    """Write checkpoint `step` atomically, then delete all but the newest `keep` checkpoints. `model` is the model
+    or its (full, one-process) state_dict."""
+    final = checkpoint_dir(run_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

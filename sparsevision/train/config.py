@@ -58,6 +58,20 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How one run is spread over the processes torchrun starts (`sparsevision train --distributed`).
+
+    The launch layout, not the run: `data.batch_size` stays the global batch and the losses are those of one
+    process, so a run may be resumed on any number of ranks (the CLI takes these fields from its flags every time).
+    """
+
+    enabled: bool = False  # data parallel over the ranks; MoE experts sharded across them (expert parallel)
+    backend: str = "auto"  # auto (nccl on CUDA, else gloo) | nccl | gloo
+    ep_size: int = 0  # ranks sharing one copy of the experts; 0: gcd(world size, experts of every MoE layer)
+    timeout_s: float = 600.0  # a collective waiting longer for a peer (crashed or hung rank) raises
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -75,6 +89,7 @@ class TrainConfig:
     seed: int = 0  # model init, dropout, data order
     out_dir: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 CHOICES = {
@@ -83,6 +98,7 @@ CHOICES = {
     "loss.kind": ("softmax", "sigmoid"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "data.augment": ("none", "crop", "crop_flip"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
 }
 
 
@@ -100,7 +116,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for key in ["eval_every", "checkpoint_every", "data.num_workers", "optim.warmup_steps", "seed", "data.seed"]:
         if flat[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {flat[key]}")
-    for key in ["optim.lr", "optim.weight_decay", "optim.min_lr", "optim.grad_clip_norm", "optim.eps"]:
+    for key in ["optim.lr", "optim.weight_decay", "optim.min_lr", "optim.grad_clip_norm", "optim.eps",
+                "distributed.ep_size"]:
         if flat[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {flat[key]}")
     if config.data.batch_size % config.accum_steps:
@@ -110,6 +127,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be < steps={config.steps}")
     if not config.device.split(":")[0] in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={config.device!r} is not one of auto, cpu, cuda, cuda:N")
+    if not config.distributed.timeout_s > 0:
+        raise ValueError(f"distributed.timeout_s must be > 0, got {config.distributed.timeout_s}")
     return config
 
 

@@ -5,6 +5,11 @@
 
 What one step computes is the objective's business (`objectives.py`); the loop only runs it over micro-batches,
 clips, steps the optimiser, and keeps the run directory (config.json, metrics.jsonl, checkpoints/, curves.png).
+
+The same loop runs data parallel under torchrun (`distributed.enabled`, `sparsevision train --distributed`): each
+rank takes its slice of every global batch, DDP averages the dense gradients, MoE experts are sharded across the
+ranks (`sparsevision.moe.parallel`), logged metrics are averaged over ranks, and rank 0 writes the run directory
+with checkpoints in the one-process layout; `parallel.py` holds the differences.
 """
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batches import augment_batch, batch_size_of, eval_loader, split_batch, to_device, train_loader
-from .checkpoint import (CONFIG_FILE, atomic_write_bytes, latest_checkpoint, load_model_weights,
-                         load_training_state, save_checkpoint, MODEL_FILE)
+from ..distributed import DistributedContext, barrier, teardown_distributed, wrap_ddp
+from ..moe.parallel import clip_grad_norm_, load_full_optimizer_state_dict_
+from . import parallel
+from .batches import augment_batch, batch_size_of, eval_loaders, split_batch, to_device, train_loader
+from .checkpoint import (CONFIG_FILE, MODEL_FILE, atomic_write_bytes, checkpoint_dir, latest_checkpoint,
+                         load_model_weights, load_training_state, save_checkpoint)
 from .config import TrainConfig, config_from_dict, config_to_dict, diff_configs, validate
 from .objectives import Objective, build_objective
 from .optim import build_optimizer, learning_rate, set_learning_rate
@@ -35,10 +43,11 @@ from .writer import METRICS_FILE, MetricsWriter, read_metrics
 class TrainResult:
     run_dir: Path
     step: int
-    val: dict  # last validation metrics
+    val: dict  # last validation metrics (of the whole split, on every rank)
     test: dict  # final test metrics ({} when stopped early)
     checkpoint: Path | None
     stopped_early: bool
+    rank: int = 0  # this process's rank (data parallel); rank 0 wrote the run directory
 
 
 class NonFiniteLossError(RuntimeError):
@@ -106,22 +115,34 @@ def set_rng_state(state: dict) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, objective: Objective, loader, device: torch.device,
-             autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Metrics averaged over every example of `loader` (each batch's means weighted by its size)."""
+             autocast_dtype: torch.dtype | None = None, ctx: DistributedContext | None = None,
+             shared_loader=None) -> dict[str, float]:
+    """Metrics averaged over every example of `loader` (each batch's means weighted by its size).
+
+    Data parallel (`ctx` of W > 1 ranks): `loader` is this rank's shard and `shared_loader` (optional) the
+    left-over examples that every rank runs but only rank 0 counts (see `batches.eval_loaders`); the sums are
+    added over the ranks, so every rank returns the metrics of the whole dataset.
+    """
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     count = 0
-    for batch in loader:
-        batch = to_device(batch, device)
-        with _autocast(device, autocast_dtype):
-            _, metrics = objective(model, batch)
-        n = batch_size_of(batch)
-        values = _to_floats(metrics)
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value * n
-        count += n
+    counted = ctx is None or ctx.is_main
+    shared = shared_loader if shared_loader is not None else ()
+    for batches, weight in ((loader, 1), (shared, 1 if counted else 0)):
+        for batch in batches:
+            batch = to_device(batch, device)
+            with _autocast(device, autocast_dtype):
+                _, metrics = objective(model, batch)
+            n = batch_size_of(batch) * weight
+            values = _to_floats(metrics)
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value * n
+            count += n
     model.train(was_training)
+    if ctx is not None and ctx.is_distributed:
+        count, *totals = parallel.sum_over_ranks([float(count), *sums.values()], ctx)
+        sums = dict(zip(sums, totals))
     if count == 0:
         raise ValueError("evaluation dataset is empty")
     return {key: value / count for key, value in sums.items()}
@@ -139,7 +160,8 @@ def _to_floats(metrics: dict) -> dict[str, float]:
     return {k: values[k] for k in metrics}
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, Path | None]:
+def _check_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, Path | None]:
+    """(run directory, newest checkpoint to resume from or None); creates nothing."""
     if not config.out_dir:
         raise ValueError("out_dir is empty; set it (--out DIR) so the run has somewhere to write")
     run_dir = Path(config.out_dir)
@@ -148,24 +170,50 @@ def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, Path | No
         raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to resume from")
     if not resume and (checkpoint is not None or (run_dir / METRICS_FILE).exists()):
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, checkpoint
 
 
 def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
-          objective: Objective | None = None, progress: bool | None = None) -> TrainResult:
+          objective: Objective | None = None, progress: bool | None = None,
+          ctx: DistributedContext | None = None) -> TrainResult:
     """Train as `config` says, writing everything into `config.out_dir`.
 
     resume: continue from the newest checkpoint in out_dir (same losses as an uninterrupted run).
-    stop_after: save a checkpoint and return after this step, as if interrupted (jobs with a time limit).
+    stop_after: save a checkpoint and return after this step (on every rank), as if interrupted (jobs with a
+        time limit).
     objective: overrides the config's registered objective (what a step computes; see objectives.py).
     progress: show a tqdm bar; default when stderr is a terminal.
+    ctx: the process group to train in (e.g. from `sparsevision.distributed.launch_local`); by default, with
+        `distributed.enabled`, the one torchrun describes (see `parallel.start`). Data parallel: every rank calls
+        `train` with the same config; `data.batch_size` is the global batch, rank 0 alone writes the run
+        directory, and the losses are those of one process on the same batches.
     """
+    validate(config)
+    ctx, owned = parallel.start(config, ctx)
+    try:
+        result = _train(config, ctx, resume=resume, stop_after=stop_after, objective=objective, progress=progress)
+    except BaseException as err:
+        if ctx.is_distributed:
+            replacement = parallel.explain_failure(err, ctx)
+            if replacement is not err:
+                raise replacement from err
+        raise  # the process group is left as it is: this process is on its way out, and its peers must notice
+    if owned:
+        teardown_distributed(ctx)
+    return result
+
+
+def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_after: int | None,
+           objective: Objective | None, progress: bool | None) -> TrainResult:
     from ..models import create_model
 
-    validate(config)
-    run_dir, checkpoint = _prepare_run_dir(config, resume)
-    device = resolve_device(config.device)
+    main = ctx.is_main
+    parallel.check_batch(config, ctx)
+    run_dir, checkpoint = _check_run_dir(config, resume)
+    barrier(ctx)  # every rank has looked at the run directory before rank 0 writes into it
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    device = ctx.device if ctx.is_distributed else resolve_device(config.device)
     autocast_dtype, use_scaler = resolve_precision(config.precision, device)
     objective = objective or build_objective(config)
     datasets = {split: objective.build_dataset(config, split) for split in ("train", "val", "test")}
@@ -173,9 +221,10 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
     # The resolved config records what the model got from the data, so config.json alone rebuilds it.
     overrides = {**objective.model_overrides(config, datasets["train"]), **config.model.overrides}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, overrides=overrides))
-    if checkpoint is not None:
+    if checkpoint is not None and main:
         saved = json.loads((checkpoint / CONFIG_FILE).read_text())
-        changed = {k: v for k, v in diff_configs(config_from_dict(saved), config).items() if k != "out_dir"}
+        changed = {k: v for k, v in diff_configs(config_from_dict(saved), config).items()
+                   if k != "out_dir" and not k.startswith("distributed.")}  # the launch layout is free to change
         if changed:
             print(f"resuming with changed settings: {changed}", file=sys.stderr)
 
@@ -184,34 +233,53 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         model = create_model(config.model.name, **config.model.overrides).to(device)
     except TypeError as err:  # a misspelt model.overrides key: report it as a bad config value
         raise ValueError(f"{err} (from model.overrides={config.model.overrides})") from err
-    optimizer = build_optimizer(model, config.optim)
+    model, plan = parallel.prepare_model(model, ctx, config, sync_from_rank0=checkpoint is None,
+                                         uses_grad_scaler=use_scaler)
+    optimizer = build_optimizer(model, config.optim)  # after sharding: it holds this rank's expert shards
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     start_step = 0
     if checkpoint is not None:
+        # The one-process layout on every rank; each keeps its slice of the experts (N -> M ranks).
         load_model_weights(model, checkpoint / MODEL_FILE, strict=True)
         state = load_training_state(checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state_dict_(optimizer, state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
         start_step = int(state["step"])
+        if main:
+            set_rng_state(state["rng"])
         if start_step > config.steps:
             raise ValueError(f"the checkpoint in {checkpoint} is at step {start_step}, beyond steps={config.steps}")
-    atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
+    if not main:  # dropout and router noise differ per rank; rank 0 keeps the one-process stream
+        seed_everything(parallel.rank_seed(config.seed, ctx.rank, start_step))
+    ddp = wrap_ddp(model, ctx)  # DDP for everything but the expert shards (the model itself in one process)
+    if main:
+        atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
 
-    loader = train_loader(datasets["train"], config.data.batch_size, config.seed, start_step, config.data.num_workers)
+    loader = train_loader(datasets["train"], config.data.batch_size, config.seed, start_step, config.data.num_workers,
+                          ctx.rank, ctx.world_size)
+    position = (loader.batch_sampler.slice[0], config.data.batch_size)  # this rank's share of each global batch
     batches = iter(loader)
-    if checkpoint is not None and state["data"]["batches_per_epoch"] != loader.batch_sampler.batches_per_epoch:
+    saved_batches = state["data"]["batches_per_epoch"] if checkpoint is not None else None
+    if main and saved_batches not in (None, loader.batch_sampler.batches_per_epoch):
         print(f"note: {state['data']['batches_per_epoch']} batches per epoch when saved, "
               f"{loader.batch_sampler.batches_per_epoch} now; the data order differs from the original run",
               file=sys.stderr)
-    val_loader = eval_loader(datasets["val"], config.data.eval_batch_size, config.data.num_workers)
+    val_loaders = eval_loaders(datasets["val"], config.data.eval_batch_size, config.data.num_workers, ctx.rank,
+                               ctx.world_size)
     last_step = config.steps if stop_after is None else min(config.steps, stop_after)
-    num_params = sum(p.numel() for p in model.parameters())
-    print(f"{config.model.name}: {num_params / 1e6:.2f}M params on {device} ({autocast_dtype or torch.float32}); "
-          f"steps {start_step}->{last_step} of {config.steps}; run dir {run_dir}", file=sys.stderr)
+    if main:
+        num_params = parallel.count_parameters(model, plan)
+        layout = "" if not ctx.is_distributed else (
+            f" x {ctx.world_size} ranks (data parallel" + (f", experts sharded over {plan.ep_size} ranks)"
+                                                           if plan is not None else ")"))
+        print(f"{config.model.name}: {num_params / 1e6:.2f}M params on {device}{layout} "
+              f"({autocast_dtype or torch.float32}); steps {start_step}->{last_step} of {config.steps}; "
+              f"run dir {run_dir}", file=sys.stderr)
 
-    writer = MetricsWriter(run_dir, resume_step=start_step if checkpoint is not None else None)
-    bar = _progress_bar(config.steps, start_step, progress)
+    writer = MetricsWriter(run_dir, resume_step=start_step if checkpoint is not None else None) if main \
+        else _NoWriter()
+    bar = _progress_bar(config.steps, start_step, progress if main else False)
+    say = bar.write if main else (lambda _: None)
     val_metrics: dict = {}
     window: dict[str, float] = {}
     window_steps, window_images, window_seconds = 0, 0, 0.0  # seconds of training steps only, not eval / saving
@@ -222,25 +290,30 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             step_start = time.perf_counter()
             lr = learning_rate(step - 1, config.optim, config.steps)
             set_learning_rate(optimizer, lr)
-            batch = augment_batch(next(batches), config.data.augment, config.seed, step)
+            batch = augment_batch(next(batches), config.data.augment, config.seed, step, position)
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             step_metrics: dict[str, torch.Tensor] = {"loss": 0.0, "_total": 0.0}
-            for micro in split_batch(batch, config.accum_steps):
-                with _autocast(device, autocast_dtype):
-                    loss, metrics = objective(model, micro)
-                # Mean of micro-batch means = mean over the whole batch: accumulating k x b equals one k*b batch.
-                scaler.scale(loss / config.accum_steps).backward()
+            micro_batches = split_batch(batch, config.accum_steps)
+            for index, micro in enumerate(micro_batches):
+                # DDP all-reduces the gradients once, in the backward of the last micro-batch.
+                with _no_sync(ddp, last=index == len(micro_batches) - 1):
+                    with _autocast(device, autocast_dtype):
+                        loss, metrics = objective(ddp, micro)
+                    # Mean of micro-batch means = mean over the whole batch: accumulating k x b equals one k*b batch.
+                    scaler.scale(loss / config.accum_steps).backward()
                 detached = loss.detach().float()
                 for key, value in {"loss": detached, **metrics, "_total": detached}.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + value / config.accum_steps
-            values = _to_floats(step_metrics)  # one device sync per step, needed for the finite-loss check
+            # One device sync per step, needed for the finite-loss check; the mean over ranks is the global batch's
+            # (equal local batches), and every rank takes the same decisions from it.
+            values = parallel.mean_over_ranks(_to_floats(step_metrics), ctx)
             total = values.pop("_total")  # the loss that was minimised, whatever the objective logs as "loss"
             if not math.isfinite(total):
                 raise NonFiniteLossError(_nonfinite_message("loss", total, step, run_dir))
             scaler.unscale_(optimizer)
             max_norm = config.optim.grad_clip_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            grad_norm = float(clip_grad_norm_(model, max_norm, ctx))  # the global norm, the same on every rank
             if not math.isfinite(grad_norm) and not use_scaler:  # fp16's scaler skips such steps by design
                 raise NonFiniteLossError(_nonfinite_message("gradient norm", grad_norm, step, run_dir))
             scaler.step(optimizer)
@@ -252,7 +325,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             for key, value in values.items():
                 window[key] = window.get(key, 0.0) + value
             window_steps += 1
-            window_images += batch_size_of(batch)
+            window_images += batch_size_of(batch) * ctx.world_size
             bar.update(1)
             if step % config.log_every == 0 or step == last_step:
                 record = {"step": step, "split": "train", **{k: v / window_steps for k, v in window.items()},
@@ -262,28 +335,72 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['throughput']:.0f}")
                 window, window_steps, window_images, window_seconds = {}, 0, 0, 0.0
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                val_metrics = evaluate(model, objective, val_loader, device, autocast_dtype)
+                val_metrics = evaluate(model, objective, val_loaders[0], device, autocast_dtype, ctx, val_loaders[1])
                 writer.write({"step": step, "split": "val", **val_metrics})
-                bar.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
-                _plot(run_dir, config)
+                say(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+                if main and step < last_step:  # the last one is drawn on the way out
+                    _plot(run_dir, config)
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == last_step:
-                state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                         "rng": rng_state(), "data": loader.batch_sampler.position(step)}
-                checkpoint = save_checkpoint(run_dir, step, model, state, config_to_dict(config),
-                                             keep=config.keep_checkpoints)
+                model_state, optimizer_state = parallel.full_state(model, optimizer, ctx)
+                if main:
+                    state = {"step": step, "optimizer": optimizer_state, "scaler": scaler.state_dict(),
+                             "rng": rng_state(), "data": loader.batch_sampler.position(step)}
+                    save_checkpoint(run_dir, step, model_state, state, config_to_dict(config),
+                                    keep=config.keep_checkpoints)
+                checkpoint = checkpoint_dir(run_dir, step)
         test_metrics: dict = {}
         if last_step == config.steps:
-            test_metrics = evaluate(model, objective, eval_loader(datasets["test"], config.data.eval_batch_size,
-                                    config.data.num_workers), device, autocast_dtype)
+            test_loaders = eval_loaders(datasets["test"], config.data.eval_batch_size, config.data.num_workers,
+                                        ctx.rank, ctx.world_size)
+            test_metrics = evaluate(model, objective, test_loaders[0], device, autocast_dtype, ctx, test_loaders[1])
             writer.write({"step": config.steps, "split": "test", **test_metrics})
-            bar.write("test " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
-            if hasattr(objective, "on_train_end"):  # objectives may be plain callables
-                objective.on_train_end(model, run_dir)
+            say("test " + " ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+            _train_end_hook(objective, model, plan, config, ctx, run_dir, device)
     finally:
         bar.close()
         writer.close()
-        _plot(run_dir, config)
-    return TrainResult(run_dir, last_step, val_metrics, test_metrics, checkpoint, last_step < config.steps)
+        if main:
+            _plot(run_dir, config)
+    barrier(ctx)  # a rank returns only once rank 0 has written everything (or fails naming rank 0)
+    return TrainResult(run_dir, last_step, val_metrics, test_metrics, checkpoint, last_step < config.steps,
+                       ctx.rank)
+
+
+def _no_sync(model: torch.nn.Module, last: bool):
+    if last or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _train_end_hook(objective, model, plan, config: TrainConfig, ctx: DistributedContext, run_dir: Path,
+                    device: torch.device) -> None:
+    """`objective.on_train_end(model, run_dir)` on rank 0, with a one-process copy of an expert-parallel model
+    (gathered from every rank), so the hook never has to know about ranks."""
+    hook = getattr(type(objective), "on_train_end", None)  # objectives may be plain callables
+    if hook is None or hook is Objective.on_train_end:
+        return
+    if plan is not None:
+        from ..models import create_model
+        from ..moe.parallel import full_state_dict
+
+        state = full_state_dict(model)  # every rank takes part; rank 0 gets the full experts
+        if not ctx.is_main:
+            return
+        model = create_model(config.model.name, **config.model.overrides)
+        model.load_state_dict(state)
+        model = model.to(device)
+    if ctx.is_main:
+        objective.on_train_end(model, run_dir)
+
+
+class _NoWriter:
+    """The metrics writer of ranks other than 0, which write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _nonfinite_message(what: str, value: float, step: int, run_dir: Path) -> str:
