@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "models": "sparsevision.models.cli",
     "convert": "sparsevision.convert.cli",
     "evaluate": "sparsevision.evaluate.cli",
+    "fewshot": "sparsevision.evaluate.fewshot_cli",
     "zeroshot": "sparsevision.evaluate.zeroshot_cli",
     "transfer": "sparsevision.transfer.cli",
     "vtab": "sparsevision.vtab.cli",
