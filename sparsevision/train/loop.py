@@ -269,9 +269,9 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
     last_step = config.steps if stop_after is None else min(config.steps, stop_after)
     if main:
         num_params = parallel.count_parameters(model, plan)
-        layout = "" if not ctx.is_distributed else (
-            f" x {ctx.world_size} ranks (data parallel" + (f", experts sharded over {plan.ep_size} ranks)"
-                                                           if plan is not None else ")"))
+        experts = "" if plan is None else (", experts replicated" if plan.ep_size == 1 else
+                                           f", experts sharded over {plan.ep_size} ranks")
+        layout = f" x {ctx.world_size} ranks (data parallel{experts})" if ctx.is_distributed else ""
         print(f"{config.model.name}: {num_params / 1e6:.2f}M params on {device}{layout} "
               f"({autocast_dtype or torch.float32}); steps {start_step}->{last_step} of {config.steps}; "
               f"run dir {run_dir}", file=sys.stderr)
