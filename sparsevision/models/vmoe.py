@@ -187,8 +187,7 @@ class VisionMoE(VisionTransformer):
     def set_batch_priority(self, enabled: bool) -> None:
         """Turn Batch Priority Routing on/off in every top-k MoE layer (the other routers have no buffer order)."""
         for mlp in self.moe_mlps():
-            if hasattr(mlp.router, "batch_priority"):
-                mlp.router.batch_priority = bool(enabled)
+            mlp.set_batch_priority(enabled)
 
 
 # --------------------------------------------------------------------------------------------------- registrations

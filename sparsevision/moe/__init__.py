@@ -3,6 +3,7 @@ and Soft MoE (Puigcerver et al. 2023), after google-research/vmoe. See `layer.Mo
 from .capacity import compute_capacity
 from .dispatch import DenseDispatcher, Dispatcher, IndexDispatcher, make_dispatcher
 from .experts import Experts
+from .grouped import PackedDispatcher, grouped_mm_usable
 from .layer import MoeMlp
 from .losses import gshard_loss, importance_loss, load_loss
 from .metrics import MoeMetrics, average_metrics, total_aux_loss
@@ -10,7 +11,8 @@ from .routers import (ExpertChoiceRouter, NoisyTopExpertsPerItemRouter, NoisyTop
                       SoftRouter)
 
 __all__ = [
-    "compute_capacity", "Dispatcher", "DenseDispatcher", "IndexDispatcher", "make_dispatcher", "Experts", "MoeMlp",
+    "compute_capacity", "Dispatcher", "DenseDispatcher", "IndexDispatcher", "make_dispatcher", "PackedDispatcher",
+    "grouped_mm_usable", "Experts", "MoeMlp",
     "gshard_loss", "importance_loss", "load_loss", "MoeMetrics", "average_metrics", "total_aux_loss",
     "ExpertChoiceRouter", "NoisyTopExpertsPerItemRouter", "NoisyTopItemsPerExpertRouter", "Routing", "SoftRouter",
 ]

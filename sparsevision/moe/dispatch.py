@@ -10,6 +10,9 @@ expert-choice and soft routing. Layout, as the official `BaseDispatcher`: `dispa
   one gather into the buffers and one gather (plus a sum over the k choices, or a scatter-add for expert choice)
   back; memory O(G*S*k*D) instead of O(G*S*E*C). Dropped assignments point at a spare all-zero row, so no
   data-dependent shapes (no host sync on GPU).
+- `grouped.PackedDispatcher` (`impl="grouped"`) packs only the kept assignments, sorted by expert, into one
+  [R, D] buffer for grouped GEMMs (`Experts.forward_packed`), so no FLOPs go to empty capacity slots. Its layout
+  differs from the two above (it has `packed = True`); see `sparsevision/moe/grouped.py`.
 """
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ import abc
 
 import torch
 
+from .grouped import PackedDispatcher
 from .routers import Routing
 
 
 class Dispatcher(abc.ABC):
+    packed = False
+
     @abc.abstractmethod
     def dispatch(self, x: torch.Tensor) -> torch.Tensor:
         """[G, S, D] -> [E, G*C, D]."""
@@ -99,13 +105,16 @@ class IndexDispatcher(Dispatcher):
         return y.new_zeros(g * s, d).index_add_(0, self.token_row, picked).view(g, s, d)
 
 
-DISPATCHERS = ("index", "einsum")
+DISPATCHERS = ("index", "einsum", "grouped")
 
 
-def make_dispatcher(routing: Routing, group_size: int, impl: str = "index") -> Dispatcher:
-    """`impl="index"` (fast) or `"einsum"` (dense reference); soft routing always gets the dense dispatcher."""
+def make_dispatcher(routing: Routing, group_size: int, impl: str = "index") -> Dispatcher | PackedDispatcher:
+    """`impl="index"` (padded buffers, gather / scatter), `"einsum"` (dense reference) or `"grouped"` (packed
+    rows for grouped GEMMs); soft routing always gets the dense dispatcher."""
     if impl not in DISPATCHERS:
         raise ValueError(f"dispatcher must be one of {DISPATCHERS}, got dispatcher={impl!r}")
     if routing.is_dense or impl == "einsum":
         return DenseDispatcher.from_routing(routing, group_size)
+    if impl == "grouped":
+        return PackedDispatcher(routing, group_size)
     return IndexDispatcher(routing, group_size)

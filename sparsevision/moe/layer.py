@@ -7,6 +7,17 @@ choices were all dropped get a zero output, so in a pre-norm residual block the 
 Group size: V-MoE used `group_size = 8 images x tokens per image` per device (so groups span images); Soft MoE and
 the expert-choice baselines of the Soft MoE paper route each image alone. Here `group_size=None` means one group per
 image (N tokens), which is independent of batch size and device count; pass an int for V-MoE's setting.
+
+Dispatchers (sparse routers; Soft MoE always uses its dense einsums): "index" (default) gathers into padded
+[E, G*C, D] buffers and runs batched matmuls; "grouped" packs only the kept assignments into one [R, D] buffer
+sorted by expert and runs grouped GEMMs (`torch._grouped_mm`), skipping the empty capacity slots (with 196-token
+groups the padded buffers hold 6-31% more rows than token choices at capacity factor 1.0, 31% more at 1.25) and
+the scatter-adds of the padded backward; "einsum" is the dense one-hot reference. All three compute the same
+function (tests: float64 loops, gradcheck). "index" stays the default because "grouped" has not been timed on a
+GPU yet: its grouped GEMM is a different kernel (CUTLASS; Hopper / Blackwell in bf16 only, elsewhere "grouped"
+runs padded bmm as "index" does) and its bias adds are separate passes, so fewer FLOPs need not mean less time.
+`benchmarks/device_check.sh` times both; make "grouped" the default once it is at least as fast at every shape
+benchmarked there.
 """
 from __future__ import annotations
 
@@ -33,7 +44,10 @@ class MoeMlp(nn.Module):
         soft router does (`compute_capacity(group_size, E, capacity_factor, "round", multiple_of=1)`).
     noise_std: training-time logit noise. top-k / expert-choice: std noise_std / num_experts (None = 1.0, V-MoE);
         soft: std noise_std (None = 0.0, the official soft router's default).
-    dispatcher: "index" (fast gather / scatter) or "einsum" (dense reference); both compute the same function.
+    dispatcher: "index" (padded buffers, gather / scatter), "grouped" (packed rows, grouped GEMMs) or "einsum"
+        (dense reference); all compute the same function (see the module docstring for the default).
+    gelu_approximate: "none" (exact erf GELU, as sparsevision.layers.Mlp) or "tanh" (Flax's default, what the
+        official checkpoints used).
     """
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int, router: str = "top_k", k: int = 1,
@@ -42,7 +56,7 @@ class MoeMlp(nn.Module):
                  importance_loss_weight: float = 1.0, load_loss_weight: float = 1.0, gshard_loss_weight: float = 0.0,
                  num_slots: int | None = None, dropout: float = 0.0, dispatcher: str = "index",
                  capacity_ceil_or_round: CeilOrRound = "ceil", capacity_multiple_of: int | None = 4,
-                 shared_expert_init: bool = False):
+                 shared_expert_init: bool = False, gelu_approximate: str = "none"):
         super().__init__()
         if router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got router={router!r}")
@@ -71,13 +85,20 @@ class MoeMlp(nn.Module):
                     raise ValueError("router='soft' needs num_slots, or group_size to derive it from capacity_factor")
                 num_slots = compute_capacity(group_size, num_experts, capacity_factor, "round", multiple_of=1)
             self.router = SoftRouter(dim, num_experts, num_slots, noise_std=noise_std)
-        self.experts = Experts(num_experts, dim, hidden_dim, dropout=dropout, shared_init=shared_expert_init)
+        self.experts = Experts(num_experts, dim, hidden_dim, dropout=dropout, shared_init=shared_expert_init,
+                               gelu_approximate=gelu_approximate)
 
     def set_capacity_factor(self, train: float | None = None, eval: float | None = None) -> None:
         """Change the training and/or eval capacity factor (no effect on soft routing)."""
         if isinstance(self.router, SoftRouter):
             return
         self.router.set_capacity_factor(train=train, eval=eval)
+
+    def set_batch_priority(self, enabled: bool) -> None:
+        """Turn Batch Priority Routing on or off (top-k only; expert-choice and soft routing have no buffer order,
+        so this is a no-op for them)."""
+        if isinstance(self.router, NoisyTopExpertsPerItemRouter):
+            self.router.batch_priority = bool(enabled)
 
     def load_dense_mlp_(self, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> "MoeMlp":
         """Sparse Upcycling: copy a dense MLP (nn.Linear layout) into every expert."""
@@ -93,8 +114,14 @@ class MoeMlp(nn.Module):
             raise ValueError(f"group_size={group_size} must divide batch*tokens={b}*{n}={b * n}")
         groups = x.reshape(-1, group_size, d)
         routing = self.router(groups)
-        dispatcher = make_dispatcher(routing, group_size, self.dispatcher)
-        y = dispatcher.combine(self.experts(dispatcher.dispatch(groups)))
+        impl = self.dispatcher
+        if impl == "grouped" and not self.experts.supports_packed:
+            impl = "index"  # expert-parallel shards exchange padded [E, T, D] buffers
+        dispatcher = make_dispatcher(routing, group_size, impl)
+        if dispatcher.packed:
+            y = dispatcher.combine(self.experts.forward_packed(dispatcher.dispatch(groups), dispatcher.rows))
+        else:
+            y = dispatcher.combine(self.experts(dispatcher.dispatch(groups)))
         metrics = routing.metrics
         metrics.top_expert = metrics.top_expert.reshape(b, n)
         return y.reshape(b, n, -1).to(x.dtype), metrics

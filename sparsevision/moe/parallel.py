@@ -126,8 +126,11 @@ class ExpertParallelExperts(Experts):
         e, p = full.num_experts, plan.ep_size
         if e % p:
             raise ValueError(f"{name}: num_experts={e} is not divisible by the expert-parallel size ep_size={p}")
-        super().__init__(e // p, full.dim, full.hidden_dim, full.out_dim, dropout=full.dropout.p)
+        super().__init__(e // p, full.dim, full.hidden_dim, full.out_dim, dropout=full.dropout.p,
+                         gelu_approximate=full.gelu_approximate)
         self.num_global_experts, self.plan, self.name = e, plan, name
+        # The all-to-all exchanges fixed-size [E, T, D] buffers; MoeMlp uses index dispatch for sharded experts.
+        self.supports_packed = p == 1
         self.first_expert = plan.ep_rank * (e // p)
         with torch.no_grad():
             for attr in EXPERT_PARAMS:

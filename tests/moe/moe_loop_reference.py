@@ -16,6 +16,11 @@ def gelu(v):
     return np.array([0.5 * a * (1.0 + math.erf(a / math.sqrt(2.0))) for a in v])
 
 
+def gelu_tanh(v):
+    """Hendrycks & Gimpel's tanh approximation (Flax's default `nn.gelu`)."""
+    return np.array([0.5 * a * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3))) for a in v])
+
+
 def softmax(v):
     m = max(v)
     ex = [math.exp(a - m) for a in v]
@@ -24,12 +29,14 @@ def softmax(v):
 
 
 def expert_params(experts):
-    return [np64(p) for p in (experts.fc1_weight, experts.fc1_bias, experts.fc2_weight, experts.fc2_bias)]
+    """Weights as float64 arrays, plus the activation the experts were built with."""
+    act = gelu_tanh if getattr(experts, "gelu_approximate", "none") == "tanh" else gelu
+    return [np64(p) for p in (experts.fc1_weight, experts.fc1_bias, experts.fc2_weight, experts.fc2_bias)] + [act]
 
 
 def apply_expert(params, e, v):
-    w1, b1, w2, b2 = params
-    return gelu(v @ w1[e] + b1[e]) @ w2[e] + b2[e]
+    w1, b1, w2, b2, act = params
+    return act(v @ w1[e] + b1[e]) @ w2[e] + b2[e]
 
 
 def gates_for_token(gate_w, v, noise=None):

@@ -9,6 +9,9 @@ from moe_loop_reference import expert_choice_loop, soft_moe_loop
 from sparsevision.moe import MoeMlp
 
 DIM, HIDDEN, EXPERTS = 6, 10, 4
+# Every dispatcher computes the same function; "grouped" runs its padded-bmm fallback at these odd sizes and in
+# float64 (test_moe_grouped.py drives torch._grouped_mm itself).
+DISPATCHERS = ["index", "einsum", "grouped"]
 
 
 def expert_choice_layer(cf, dispatcher, group_size=None, dtype=torch.float64):
@@ -20,7 +23,7 @@ def expert_choice_layer(cf, dispatcher, group_size=None, dtype=torch.float64):
     return layer.to(dtype).eval()
 
 
-@pytest.mark.parametrize("dispatcher", ["index", "einsum"])
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_expert_choice_matches_loop(dispatcher, dtype, tol):
     layer = expert_choice_layer(0.75, dispatcher, dtype=dtype)
@@ -66,7 +69,7 @@ def soft_layer(num_slots, dispatcher="index", dtype=torch.float64):
     return layer.to(dtype)
 
 
-@pytest.mark.parametrize("dispatcher", ["index", "einsum"])
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_soft_matches_loop(dispatcher, dtype, tol):
     layer = soft_layer(2, dispatcher, dtype)

@@ -9,6 +9,9 @@ from moe_loop_reference import top_k_loop
 from sparsevision.moe import MoeMlp
 
 DIM, HIDDEN, EXPERTS = 6, 10, 4
+# Every dispatcher computes the same function; "grouped" runs its padded-bmm fallback at these odd sizes and in
+# float64 (test_moe_grouped.py drives torch._grouped_mm itself).
+DISPATCHERS = ["index", "einsum", "grouped"]
 
 
 def make_layer(k, cf, batch_priority, dispatcher, group_size=None, dtype=torch.float64, seed=0):
@@ -25,7 +28,7 @@ def hand_capacity(group_size, k, cf):
     return math.ceil(group_size * k * cf / EXPERTS)
 
 
-@pytest.mark.parametrize("dispatcher", ["index", "einsum"])
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
 @pytest.mark.parametrize("batch_priority", [False, True])
 @pytest.mark.parametrize("k", [1, 2])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -47,7 +50,7 @@ def test_matches_per_token_loop_with_drops(dispatcher, batch_priority, k, dtype,
             assert torch.all(y.reshape(-1, DIM)[t] == 0)
 
 
-@pytest.mark.parametrize("dispatcher", ["index", "einsum"])
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
 @pytest.mark.parametrize("k", [1, 2])
 def test_training_noise_matches_loop_with_same_noise(dispatcher, k):
     layer = make_layer(k, cf=0.75, batch_priority=True, dispatcher=dispatcher).train()
@@ -63,7 +66,7 @@ def test_training_noise_matches_loop_with_same_noise(dispatcher, k):
     assert metrics.dropped_fraction.item() == pytest.approx(len(dropped) / (16 * k))
 
 
-@pytest.mark.parametrize("dispatcher", ["index", "einsum"])
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
 def test_bpr_drops_exactly_the_lowest_priority_tokens(dispatcher):
     layer = make_layer(1, cf=0.5, batch_priority=True, dispatcher=dispatcher).eval()
     x = torch.randn(1, 16, DIM, dtype=torch.float64)
@@ -90,7 +93,7 @@ def test_without_bpr_earlier_tokens_win():
     assert {t for t, v in enumerate(metrics.top_expert[0].tolist()) if v == -1} == expected
 
 
-@pytest.mark.parametrize("dispatcher", ["index", "einsum"])
+@pytest.mark.parametrize("dispatcher", DISPATCHERS)
 def test_group_size_spanning_images_matches_loop(dispatcher):
     layer = make_layer(2, cf=0.6, batch_priority=False, dispatcher=dispatcher, group_size=10).eval()
     x = torch.randn(4, 5, DIM, dtype=torch.float64)  # groups of two images each

@@ -33,6 +33,9 @@ LAYERS = {
     # A V-MoE group spans 2 images, so a rank's 4 images are 2 whole groups.
     "top_k": dict(router="top_k", k=2, group_size=12, capacity_factor=1.0, noise_std=0.0),
     "expert_choice": dict(router="expert_choice", capacity_factor=1.0, noise_std=0.0, dispatcher="einsum"),
+    # Packed rows in one process and replicated experts; sharded experts fall back to padded index buffers.
+    "top_k_grouped": dict(router="top_k", k=2, group_size=12, capacity_factor=1.0, noise_std=0.0,
+                          dispatcher="grouped"),
     "soft": dict(router="soft", num_slots=2),
 }
 STEPS, LR, MAX_NORM = 3, 1e-2, 0.05
