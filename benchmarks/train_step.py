@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                        # S/16 and B/16 pairs, batch 256, bf16 autocast, CUDA
     python benchmarks/train_step.py --device cpu --pairs test --batch-size 8 --repeats 2   # seconds, CPU
     torchrun --nproc_per_node 8 benchmarks/train_step.py --batch-size 128   # per-rank batch; experts sharded
+    python benchmarks/train_step.py --dispatcher index grouped   # one V-MoE row per MoE dispatcher
 
 The dense twin of a V-MoE is the same registered model with `moe_layers="none"`: identical backbone, head and
 patch size, every MLP dense. For B/16 that is ViT-B/16 itself; for S/16 it is V-MoE's own "ViT-S" (512 wide,
@@ -35,6 +36,7 @@ from common import (DTYPES, add_common_args, environment, format_table, peak_mem
 from sparsevision import create_model  # noqa: E402
 from sparsevision.distributed import (DistributedContext, setup_distributed, teardown_distributed,  # noqa: E402
                                       wrap_ddp)
+from sparsevision.moe import MoeMlp  # noqa: E402
 from sparsevision.moe.parallel import shard_experts_  # noqa: E402
 from sparsevision.models import vmoe  # noqa: E402,F401  (registers the V-MoE names)
 from sparsevision.utils.flops import count_flops  # noqa: E402
@@ -43,13 +45,29 @@ PAIRS = {"S/16": "vmoe_s16", "S/32": "vmoe_s32", "B/16": "vmoe_b16", "B/32": "vm
          "H/14": "vmoe_h14", "test": "vmoe_tiny_test"}
 
 
-def build(name: str, dense: bool, args) -> torch.nn.Module:
+def build(name: str, dense: bool, args, dispatcher: str | None = None) -> torch.nn.Module:
     overrides = {"moe_layers": "none"} if dense else {}
     if args.num_experts is not None and not dense:
         overrides["num_experts"] = args.num_experts
+    if dispatcher is not None and not dense:
+        overrides["dispatcher"] = dispatcher
     if args.num_classes is not None:
         overrides["num_classes"] = args.num_classes
     return create_model(name, **overrides)
+
+
+def forward_flops(model: torch.nn.Module) -> int:
+    """`count_flops` with every MoE layer on index dispatch: torch's FlopCounterMode has no formula for
+    torch._grouped_mm, and the ratio is defined on the capacity buffers whatever the dispatcher."""
+    layers = [m for m in model.modules() if isinstance(m, MoeMlp)]
+    saved = [m.dispatcher for m in layers]
+    for m in layers:
+        m.dispatcher = "index"
+    try:
+        return count_flops(model)
+    finally:
+        for m, dispatcher in zip(layers, saved):
+            m.dispatcher = dispatcher
 
 
 def measure(model: torch.nn.Module, args, device: torch.device, ctx: DistributedContext) -> dict:
@@ -105,6 +123,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-experts", type=int, default=None, help="override E (default: the registered 8)")
     parser.add_argument("--num-classes", type=int, default=None, help="override the head (default 1000)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--dispatcher", nargs="+", default=["index"], choices=["index", "grouped", "einsum"],
+                        help="MoE dispatcher(s) of the V-MoE (one row each; default: index, the model default)")
     add_common_args(parser, json_default="benchmarks/results/train_step.json")
     return parser.parse_args(argv)
 
@@ -128,24 +148,27 @@ def _run(args, ctx: DistributedContext, argv) -> dict | None:
     rows = []
     for pair in args.pairs:
         name = PAIRS[pair]
-        results = {}
-        for kind, dense in (("dense", True), ("moe", False)):
-            model = build(name, dense, args)
-            flops = count_flops(model)
-            row = {"model": f"{'ViT' if dense else 'V-MoE'}-{pair}", "registered": name, "kind": kind,
+        pair_rows = []
+        for kind, dense, dispatcher in [("dense", True, None)] + [("moe", False, d) for d in args.dispatcher]:
+            model = build(name, dense, args, dispatcher)
+            flops = forward_flops(model)
+            label = f"{'ViT' if dense else 'V-MoE'}-{pair}" + (f" [{dispatcher}]" if len(args.dispatcher) > 1 and
+                                                                not dense else "")
+            row = {"model": label, "registered": name, "kind": kind, "dispatcher": dispatcher,
                    "gflops": flops / 1e9, **measure(model, args, device, ctx)}
             if "images_per_s" in row:
                 row["model_tflops"] = 3 * flops * row["images_per_s"] / 1e12
-            results[kind] = row
+            pair_rows.append(row)
             rows.append(row)
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        moe, dense = results["moe"], results["dense"]
-        moe["flop_ratio"] = moe["gflops"] / dense["gflops"]
-        if "ms" in moe and "ms" in dense:
-            moe["speed_ratio"] = moe["ms"] / dense["ms"]
-        say(format_table([dense, moe], COLUMNS, header=False), flush=True)
+        dense = pair_rows[0]
+        for moe in pair_rows[1:]:
+            moe["flop_ratio"] = moe["gflops"] / dense["gflops"]
+            if "ms" in moe and "ms" in dense:
+                moe["speed_ratio"] = moe["ms"] / dense["ms"]
+        say(format_table(pair_rows, COLUMNS, header=False), flush=True)
     if not ctx.is_main:
         return None
     print()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,12 +29,22 @@ def test_moe_layer_tiny_cpu(tmp_path, capsys):
     out = tmp_path / "moe_layer.json"
     payload = _load("moe_layer").main(["--device", "cpu", "--tokens", "512", "--dim", "64", "--hidden", "128",
                                        "--experts", "4", "--k", "2", "--capacity-factor", "1.25", "--dtype", "fp32",
-                                       "--repeats", "1", "--warmup", "0", "--json", str(out)])
+                                       "--repeats", "1", "--warmup", "0", "--peak-size", "64", "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(payload["rows"], default=str))
     rows = {r["impl"]: r for r in payload["rows"]}
-    assert {"dense", "index", "einsum", "loop", "soft"} <= set(rows)
-    for impl in ("dense", "index", "einsum", "loop", "soft"):
+    impls = ("dense", "index", "grouped", "einsum", "loop", "soft")
+    assert set(impls) <= set(rows)
+    for impl in impls:
         assert rows[impl]["ms"] > 0 and rows[impl]["useful_tflops"] > 0, impl
+    for impl in ("index", "grouped", "einsum"):  # against the dense row with the same k
+        assert rows[impl]["vs_dense"] == rows[impl]["useful_tflops"] / rows["dense"]["useful_tflops"], impl
+    assert "vs_dense" not in rows["soft"]  # Soft MoE is compared with dense k=1, not run here
+    # grouped computes kept rows only: useful FLOPs times the measured fraction of choices kept.
+    grouped = rows["grouped"]
+    assert 0 <= grouped["dropped"] < 1
+    assert grouped["executed_flops"] == round(grouped["useful_flops"] * (1 - grouped["dropped"]))
+    peak = payload["matmul_peak"]
+    assert peak["size"] == 64 and peak["tflops"] == 2 * 64**3 / (peak["ms"] / 1e3) / 1e12
     # 512 tokens = 4 images x 128 (the largest divisor of 512 below 196), one image per routing group.
     t, d, h, k, e, s = 512, 64, 128, 2, 4, 128
     assert rows["dense"]["useful_flops"] == 12 * t * k * d * h == rows["index"]["useful_flops"]
@@ -70,3 +82,27 @@ def test_memory_table_matches_hand_count():
     assert b16["ep_w1"] == 1 and b16["ep_w8"] == 8 and b16["ep_w16"] == 8  # P = gcd(W, E)
     assert abs(b16["gib_w1"] - 16 * (shared + expert) / 2**30) < 1e-9
     assert abs(b16["gib_w8"] - 16 * (shared + expert / 8) / 2**30) < 1e-9
+
+
+def test_device_check_fails_fast_without_cuda():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "OUT": ""}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "device_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "sees no CUDA device" in proc.stderr and "--cpu-smoke" in proc.stderr
+    assert proc.stdout == ""  # nothing ran
+
+
+def test_device_check_cpu_smoke(tmp_path, capsys):
+    rc = _load("device_check").main(["--cpu-smoke", "--out", str(tmp_path)])
+    assert rc == 0
+    for name in ("moe_layer_bf16.json", "moe_layer_autocast.json", "moe_layer_groups.json", "train_step.json",
+                 "profile.txt", "device_check.log"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    layer = json.loads((tmp_path / "moe_layer_bf16.json").read_text())
+    assert {r["impl"] for r in layer["rows"]} == {"dense", "index", "grouped", "einsum", "soft"}
+    train = json.loads((tmp_path / "train_step.json").read_text())
+    assert [r["dispatcher"] for r in train["rows"]] == [None, "index", "grouped"]
+    assert "aten::_grouped_mm" in (tmp_path / "profile.txt").read_text()
+    summary = capsys.readouterr().out.split("===== summary")[-1]
+    assert "grouped" in summary and "steps: layer ok" in summary and "train ok" in summary
