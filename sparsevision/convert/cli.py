@@ -24,21 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--non-strict", action="store_true", help="copy what fits instead of failing on a mismatch")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    import json
-
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key.strip()] = text
-    return out
-
-
 def _load(args, model, strict: bool):
     from .flax import load_flax_params, load_npz
     from .timm import load_timm_weights
@@ -62,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.src):
         raise FileNotFoundError(f"no source weights at {args.src}")
+    from ..cli_args import parse_overrides
+
     overrides = parse_overrides(args.set)
     model = create_model(args.model, **overrides)
     strict = not args.non_strict

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import add_model_arguments
+
 HELP = "few-shot ridge (1/5/10/25 shots, V-MoE recipe) and kNN accuracy of frozen features; table, JSON, plot"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="run directory, checkpoint directory or .safetensors, or a registered model name "
-                             "together with --weights")
-    parser.add_argument("--weights", default=None, help="weights file for a registered model name")
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True,
                         help="comma-separated tasks, e.g. digits,textures,dsprites_location (or folder:<path>)")
     parser.add_argument("--shots", default="1,5,10,25", help="comma-separated shots per class (default: 1,5,10,25)")
@@ -31,16 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="output directory (default: <run>/eval for a run directory, else ./eval)")
     parser.add_argument("--no-progress", action="store_true")
-
-
-def parse_shots(text: str) -> list[int]:
-    try:
-        shots = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ValueError(f"--shots must be integers separated by commas, got {text!r}") from None
-    if not shots or shots[0] < 1:
-        raise ValueError(f"--shots must be positive integers, got {text!r}")
-    return shots
 
 
 def evaluate_task(model, task: str, shots: list[int], args) -> dict:
@@ -100,32 +89,26 @@ def format_table(results: list[dict], shots: list[int]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
     from pathlib import Path
 
-    from ..models.loading import load_model
+    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers
     from ..train.checkpoint import atomic_write_bytes
     from .plots import bar_plot
 
-    shots = parse_shots(args.shots)
+    shots = sorted(set(positive_numbers(args.shots, "--shots", int)))
     tasks = [t.strip() for t in args.data.split(",") if t.strip()]
     if not tasks:
         raise ValueError("--data names no task")
     if args.l2_selection == "mean-rank" and len(tasks) < 2:
         raise ValueError("--l2-selection mean-rank shares one l2 across tasks; give at least two tasks in --data")
-    model, name = load_model(args.model, args.weights)
+    model, name = load_model_from_args(args)
     model.to(args.device)
     results = [evaluate_task(model, task, shots, args) for task in tasks]
     shared = apply_mean_rank(results) if args.l2_selection == "mean-rank" else None
     print(f"few-shot linear evaluation of {name} (l2 chosen by {args.l2_selection})")
     print(format_table(results, shots))
 
-    if args.out:
-        out = Path(args.out)
-    elif os.path.isdir(args.model):
-        out = Path(args.model) / "eval"
-    else:
-        out = Path("eval")
+    out = Path(args.out) if args.out else default_output_dir(args.model, "eval")
     out.mkdir(parents=True, exist_ok=True)
     payload = {"model": name, "source": args.model, "shots": shots, "l2_selection": args.l2_selection,
                "seed": args.seed, "shared_l2": {str(k): v for k, v in shared.items()} if shared else None,

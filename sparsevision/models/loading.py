@@ -6,6 +6,13 @@ from __future__ import annotations
 
 def load_model(spec: str, weights: str | None = None, overrides: dict | None = None):
     """(model in eval mode, name) from a run / checkpoint directory, a safetensors file, or a registered name."""
+    model, name, _ = load_model_and_overrides(spec, weights, overrides)
+    return model, name
+
+
+def load_model_and_overrides(spec: str, weights: str | None = None, overrides: dict | None = None):
+    """As `load_model`, plus the constructor overrides the model was built with (to rebuild it, e.g. at another
+    resolution or with another head)."""
     import json
     import os
 
@@ -19,7 +26,7 @@ def load_model(spec: str, weights: str | None = None, overrides: dict | None = N
             raise ValueError("--weights goes with a registered model name, not with a path in --model")
         try:
             model, config = load_checkpoint_model(spec)
-            return model, config.model.name
+            return model.eval(), config.model.name, dict(config.model.overrides)
         except FileNotFoundError:
             if not (os.path.isfile(spec) and spec.endswith(".safetensors")):
                 raise
@@ -38,6 +45,7 @@ def load_model(spec: str, weights: str | None = None, overrides: dict | None = N
         name = spec
         if not weights:
             raise FileNotFoundError(f"{spec!r} is not a path; for a registered model name pass --weights FILE")
-    model = create_model(name, **(overrides or {}))
+    overrides = dict(overrides or {})
+    model = create_model(name, **overrides)
     load_model_weights(model, weights)
-    return model.eval(), name
+    return model.eval(), name, overrides

@@ -49,16 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def parse_lrs(text: str) -> tuple[float, ...]:
-    try:
-        lrs = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--lrs must be numbers separated by commas, got {text!r}") from None
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"--lrs must be positive numbers, got {text!r}")
-    return lrs
-
-
 def _check_args(args, num_candidates: int) -> None:
     if args.regret and not args.ground_truth:
         raise ValueError("--regret needs --ground-truth finetune or --ground-truth FILE.json")
@@ -109,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from ..cli_args import positive_numbers
     from ..train.checkpoint import atomic_write_bytes
     from .plots import ensemble_path_plot, proxy_bars, proxy_scatter
     from .proxies import check_proxies
@@ -133,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
                              max_train_examples=args.max_train_examples, upstream_scores=args.upstream_scores,
                              upstream_metric=args.upstream_metric)
     ft_settings = FinetuneSettings(steps_scale=args.steps_scale, batch_size=args.finetune_batch_size,
-                                   lrs=parse_lrs(args.lrs), max_eval_examples=args.max_eval_examples,
-                                   data_seed=args.data_seed)
+                                   lrs=tuple(positive_numbers(args.lrs, "--lrs")),
+                                   max_eval_examples=args.max_eval_examples, data_seed=args.data_seed)
 
     scores, details = score_candidates(specs, args.data, proxies, settings, names=names, data_seed=args.data_seed,
                                        batch_size=args.batch_size, device=args.device, progress=progress)

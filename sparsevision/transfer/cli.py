@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import add_model_arguments
+
 HELP = "fine-tune (BiT-HyperRule) or linearly probe a trained model on a task; JSON, weights and plots"
 
 TRANSFER_FILE = "transfer.json"
@@ -19,10 +21,7 @@ RELIABILITY_FILE = "reliability.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="run directory, checkpoint directory or .safetensors (from training or "
-                             "`sparsevision convert`), or a registered model name together with --weights")
-    parser.add_argument("--weights", default=None, help="weights file for a registered model name")
+    add_model_arguments(parser, overrides=False)
     parser.add_argument("--data", required=True, help="task: dataset name, e.g. digits, dsprites_shape, folder:<path>")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the dataset itself")
     parser.add_argument("--mode", default="finetune",
@@ -70,39 +69,6 @@ def parse_resolution(text: str) -> str | int:
     return value
 
 
-def _load_source(spec: str, weights: str | None):
-    """(model, registered name, constructor overrides) of what --model points at."""
-    import json
-    import os
-
-    from safetensors import safe_open
-
-    from ..models.loading import load_model
-    from ..train.checkpoint import load_checkpoint_model
-
-    if os.path.exists(spec) and not weights:
-        try:
-            model, config = load_checkpoint_model(spec)
-            return model, config.model.name, dict(config.model.overrides)
-        except FileNotFoundError:
-            if not (os.path.isfile(spec) and spec.endswith(".safetensors")):
-                raise
-        with safe_open(spec, framework="pt") as f:
-            meta = f.metadata() or {}
-        model, name = load_model(spec)
-        return model, name, json.loads(meta.get("overrides", "{}"))
-    model, name = load_model(spec, weights)
-    return model, name, {}
-
-
-def _default_out(spec: str, task: str, mode: str):
-    import os
-    from pathlib import Path
-
-    slug = f"{task.replace(':', '_').replace('/', '_')}-{mode}"
-    return (Path(spec) / "transfer" / slug) if os.path.isdir(spec) else Path("transfer") / slug
-
-
 def _progress(choice: str) -> bool:
     import sys
 
@@ -115,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
     from torch.utils.data import Subset
 
+    from ..cli_args import default_output_dir
     from ..data import build_dataset
     from ..evaluate import calibration_report, reliability_diagram
+    from ..models.loading import load_model_and_overrides
     from ..train.checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write_bytes, save_model_weights
     from ..train.config import DataConfig, ModelConfig, TrainConfig, config_to_dict
     from ..train.plots import plot_metrics
@@ -134,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.max_train_examples is not None and args.max_train_examples < 1:
         raise ValueError(f"--max-train-examples must be >= 1, got {args.max_train_examples}")
-    out = Path(args.out) if args.out else _default_out(args.model, args.data, args.mode)
+    slug = f"{args.data.replace(':', '_').replace('/', '_')}-{args.mode}"
+    out = Path(args.out) if args.out else default_output_dir(args.model, "transfer") / slug
     if (out / TRANSFER_FILE).exists() and not args.force:
         raise ValueError(f"{out / TRANSFER_FILE} exists; pass --force to overwrite it or choose another --out")
 
-    model, name, overrides = _load_source(args.model, args.weights)
+    model, name, overrides = load_model_and_overrides(args.model, args.weights)
     progress = _progress(args.progress)
 
     # The recipe depends on the training-set size, and the datasets on the recipe's resolution.

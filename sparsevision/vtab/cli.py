@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import add_model_arguments
+
 HELP = "VTAB-1k (19 tasks, local data) or the offline vtab-lite suite: table, JSON and bar plot"
 
 EPILOG = """\
@@ -25,12 +27,7 @@ anywhere in seconds to minutes.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--model", required=True,
-                        help="run directory, checkpoint directory or .safetensors (from training or "
-                             "`sparsevision convert`), or a registered model name together with --weights")
-    parser.add_argument("--weights", default=None, help="weights file for a registered model name")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="constructor override for a registered model name (repeatable)")
+    add_model_arguments(parser)
     parser.add_argument("--suite", default="vtab-1k", choices=("vtab-1k", "vtab-lite"),
                         help="vtab-1k (19 tasks from --data-dir) or vtab-lite (built-in, offline); default vtab-1k")
     parser.add_argument("--tasks", default=None, help="comma-separated subset of the suite's tasks (default: all)")
@@ -54,30 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="finetune / linear: seed of the adaptation runs")
 
 
-def parse_lrs(text: str) -> tuple[float, ...]:
-    try:
-        lrs = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--lr must be numbers separated by commas, got {text!r}") from None
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"--lr must be positive numbers, got {text!r}")
-    return lrs
-
-
 def run(args: argparse.Namespace) -> int:
-    import os
     import sys
     from pathlib import Path
 
     import torch
 
-    from ..convert.cli import parse_overrides
-    from ..models.loading import load_model
+    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers
     from .adapt import AdaptSettings
     from .report import bar_plot, format_table, save_json
     from .runner import run_suite
 
-    settings = AdaptSettings(mode=args.mode, steps_scale=args.steps_scale, lrs=parse_lrs(args.lr),
+    settings = AdaptSettings(mode=args.mode, steps_scale=args.steps_scale, lrs=tuple(positive_numbers(args.lr, "--lr")),
                              batch_size=args.batch_size, seed=args.seed)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device} but CUDA is not available; use cpu or auto")
-    model, name = load_model(args.model, args.weights, parse_overrides(args.set))
+    model, name = load_model_from_args(args)
     model.to(device)
     result = run_suite(model, args.suite, tasks=args.tasks, settings=settings, data_dir=args.data_dir,
                        test_examples=args.test_examples, device=device, model_name=name,
                        inner_progress=sys.stderr.isatty())
     print(format_table(result))
-    out = Path(args.out) if args.out else (Path(args.model) / "vtab" if os.path.isdir(args.model) else Path("vtab"))
+    out = Path(args.out) if args.out else default_output_dir(args.model, "vtab")
     stem = f"{args.suite}_{args.mode}"
     json_path, png_path = save_json(result, out / f"{stem}.json"), bar_plot(result, out / f"{stem}.png")
     print(f"wrote {json_path} and {png_path}")
