@@ -24,14 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--non-strict", action="store_true", help="copy what fits instead of failing on a mismatch")
 
 
+def _is_flax(args) -> bool:
+    return args.source == "flax" or (args.source == "auto" and args.src.endswith(".npz"))
+
+
 def _load(args, model, strict: bool):
     from .flax import load_flax_params, load_npz
     from .timm import load_timm_weights
 
-    kind = args.source
-    if kind == "auto":
-        kind = "flax" if args.src.endswith(".npz") else "timm"
-    if kind == "flax":
+    if _is_flax(args):
         return load_flax_params(load_npz(args.src), model, strict=strict, dialect=args.dialect, prefix=args.prefix)
     return load_timm_weights(model, args.src, strict=strict)
 
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from ..cli_args import parse_overrides
 
     overrides = parse_overrides(args.set)
+    if _is_flax(args) and "gelu_approximate" not in overrides:
+        # Flax's nn.gelu is the tanh approximation: build the model with it, so the file (whose metadata records
+        # the overrides) rebuilds exactly what the checkpoint was trained with.
+        overrides["gelu_approximate"] = "tanh"
     model = create_model(args.model, **overrides)
     strict = not args.non_strict
     if args.upcycle:
@@ -64,11 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  resampled {line}")
     if not report.ok:
         print("not loaded (--non-strict):\n" + report.problems())
-    if report.dialect != "timm":
-        # The activation is not a weight, so the saved file cannot carry it.
-        print("note: Flax checkpoints were trained with tanh-approximate GELU and sparsevision MLPs use exact GELU "
-              "(logits differ slightly); after loading, sparsevision.convert.use_tanh_gelu_(model) switches the "
-              "dense MLPs")
+    if overrides.get("gelu_approximate") == "tanh":
+        print("built with gelu_approximate='tanh' (Flax's GELU); the file's metadata records it")
     # `sparsevision evaluate --model OUT` rebuilds the model from these entries.
     metadata = {"format": "pt", "model": args.model, "overrides": json.dumps(overrides, sort_keys=True),
                 "source": os.path.basename(args.src),

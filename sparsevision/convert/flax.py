@@ -19,9 +19,9 @@ optional query_ln/key_ln (QK-norm); Dense kernels are [in, out] (transposed into
 LayerNorm scale -> weight. Position embeddings on another grid are resampled bilinearly with the class-token row
 kept, as big_vision's `resample_posemb` (scipy.ndimage.zoom, order 1: corner-aligned sampling).
 
-Flax's `nn.gelu` defaults to the tanh approximation, which all these checkpoints were trained with; our MLPs use
-exact GELU. `use_tanh_gelu_(model)` switches the dense MLPs to the tanh form after an import (differences are at
-most 5e-4 per activation otherwise).
+Flax's `nn.gelu` defaults to the tanh approximation, which all these checkpoints were trained with; our models
+default to exact GELU. Build them with `gelu_approximate="tanh"` (`sparsevision convert` does, and records it in
+the file's metadata) or call `use_tanh_gelu_(model)` after an import; otherwise activations differ by up to 5e-4.
 """
 from __future__ import annotations
 
@@ -293,14 +293,16 @@ def load_flax_params(flat: Mapping[str, np.ndarray], model: nn.Module, strict: b
 
 
 def use_tanh_gelu_(model: nn.Module) -> list[str]:
-    """Switch every `nn.GELU` in `model` to the tanh approximation that Flax's `nn.gelu` uses by default, so an
-    imported checkpoint computes what it was trained with. Returns the MoE expert layers left on exact GELU (their
-    activation is not a module; see the report in sparsevision.convert)."""
-    left = []
+    """Switch every GELU in `model` (dense MLPs and MoE experts) to the tanh approximation that Flax's `nn.gelu`
+    uses by default, so an imported checkpoint computes what it was trained with; returns the switched modules.
+    Building the model with `gelu_approximate="tanh"` (what `sparsevision convert` does) is the same."""
+    switched = []
     for name, module in model.named_modules():
         if isinstance(module, nn.GELU):
             module.approximate = "tanh"
-        elif hasattr(module, "fc1_weight") and hasattr(module, "num_experts"):
-            left.append(name)
-    return left
+            switched.append(name)
+        elif isinstance(getattr(module, "gelu_approximate", None), str):
+            module.gelu_approximate = "tanh"
+            switched.append(name)
+    return switched
 

@@ -97,4 +97,6 @@ def dense_twin(moe_model: nn.Module) -> nn.Module:
         in_chans=moe_model.patch_embed.in_chans, num_classes=moe_model.num_classes, width=moe_model.width,
         depth=len(moe_model.blocks), num_heads=first.attn.num_heads, mlp_dim=mlp_dim, pool=moe_model.pool,
         pos_embed="learn" if isinstance(moe_model.pos_embed, nn.Parameter) else "sincos2d",
-        representation_size=pre[0].out_features if isinstance(pre, nn.Sequential) else None)
+        representation_size=pre[0].out_features if isinstance(pre, nn.Sequential) else None,
+        gelu_approximate=first.mlp.experts.gelu_approximate if hasattr(first.mlp, "experts")
+        else first.mlp.act.approximate)

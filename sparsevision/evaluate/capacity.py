@@ -81,8 +81,7 @@ def evaluate_capacity_factors(model: nn.Module, data, capacity_factors: Sequence
     results = []
     try:
         for m in layers:
-            if hasattr(m.router, "batch_priority"):
-                m.router.batch_priority = batch_priority
+            m.set_batch_priority(batch_priority)
         for factor in factors:
             for m in layers:
                 m.set_capacity_factor(eval=factor)
@@ -103,7 +102,7 @@ def evaluate_capacity_factors(model: nn.Module, data, capacity_factors: Sequence
             if hasattr(m.router, "eval_capacity_factor"):
                 m.router.eval_capacity_factor = factor
             if bpr is not None:
-                m.router.batch_priority = bpr
+                m.set_batch_priority(bpr)
         model.train(was_training)
     return results
 

@@ -145,6 +145,7 @@ class VisionMoE(VisionTransformer):
         moe_dropout: float = 0.0,
         dispatcher: str = "index",
         shared_expert_init: bool = True,
+        gelu_approximate: str = "none",
     ):
         layers = parse_moe_layers(moe_layers, depth)
         # The MoE layers are built before Module.__init__ (which the ViT constructor runs) and handed over by index.
@@ -153,7 +154,8 @@ class VisionMoE(VisionTransformer):
                       eval_capacity_factor=eval_capacity_factor, group_size=group_size, batch_priority=batch_priority,
                       noise_std=noise_std, importance_loss_weight=importance_loss_weight,
                       load_loss_weight=load_loss_weight, num_slots=num_slots, dropout=moe_dropout,
-                      dispatcher=dispatcher, shared_expert_init=shared_expert_init)
+                      dispatcher=dispatcher, shared_expert_init=shared_expert_init,
+                      gelu_approximate=gelu_approximate)
             for i in layers
         }
         super().__init__(
@@ -161,8 +163,9 @@ class VisionMoE(VisionTransformer):
             depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, pool=pool, pos_embed=pos_embed,
             representation_size=representation_size, dropout=dropout, attn_dropout=attn_dropout,
             head_zero_init=head_zero_init, patch_merger_after=patch_merger_after,
-            patch_merger_tokens=patch_merger_tokens,
-            mlp_builder=lambda i: moe_mlps[i] if i in moe_mlps else Mlp(width, mlp_dim, dropout))
+            patch_merger_tokens=patch_merger_tokens, gelu_approximate=gelu_approximate,
+            mlp_builder=lambda i: moe_mlps[i] if i in moe_mlps else Mlp(width, mlp_dim, dropout,
+                                                                        gelu_approximate=gelu_approximate))
         self.moe_layers = tuple(moe_mlps)
         self.num_experts, self.router_name = num_experts, router
         if qk_norm:

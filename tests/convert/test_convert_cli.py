@@ -31,6 +31,16 @@ def test_convert_vmoe_npz(tmp_path, capsys):
     with safe_open(str(tmp_path / "out.safetensors"), framework="pt") as f:
         meta = f.metadata()
     assert meta["model"] == "vmoe_tiny_test" and meta["converter"] == "vmoe"
+    # The file rebuilds the model with Flax's tanh GELU, so it computes the official forward (no token dropped at
+    # eval capacity 4).
+    from flax_reference import forward
+
+    from sparsevision.models.loading import load_model
+
+    loaded, _ = load_model(str(tmp_path / "out.safetensors"), overrides={"eval_capacity_factor": 4.0})
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    want = forward(tree, "vmoe", x.astype(np.float64), heads=2, rep=32, k=2)
+    np.testing.assert_allclose(loaded(torch.from_numpy(x)).detach().numpy(), want, atol=2e-5)  # exact GELU is off by 9e-4
 
 
 def test_convert_upcycles_a_dense_checkpoint_with_overrides(tmp_path):

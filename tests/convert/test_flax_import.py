@@ -29,7 +29,7 @@ def test_dense_vit_matches_official_forward(dialect, pool, rep):
     model = vit(pool, rep)
     report = load_flax_params(tree, model)
     assert report.ok and report.dialect == dialect and not report.resampled
-    assert use_tanh_gelu_(model) == []  # the official checkpoints were trained with Flax's tanh gelu
+    assert len(use_tanh_gelu_(model)) == 2  # the official checkpoints were trained with Flax's tanh gelu
     x = images()
     want = forward(tree, dialect, x, heads=2, pool=pool, rep=rep)
     got = model(torch.from_numpy(x)).detach().numpy()
@@ -82,14 +82,21 @@ def test_moe_matches_official_forward(router, pool, k):
                       eval_capacity_factor=4.0, num_slots=2, qk_norm=qk, **DIMS).double().eval()
     report = load_flax_params(tree, model)
     assert report.ok and report.dialect == "vmoe"
-    # Experts cannot be switched to Flax's tanh GELU (see use_tanh_gelu_): compare with exact GELU everywhere.
     x = images()
     want = forward(tree, "vmoe", x, heads=2, pool=pool, rep=16, router=router, k=k, approximate=False)
     logits, aux = model(torch.from_numpy(x), return_aux=True)
     if router == "top_k":
         assert float(aux["moe"][0].dropped_fraction) == 0.0
     np.testing.assert_allclose(logits.detach().numpy(), want, rtol=1e-10, atol=1e-10)
-    assert use_tanh_gelu_(model) == ["blocks.1.mlp.experts"]
+    # Flax's tanh GELU in the dense MLP and the experts gives the official forward itself.
+    assert use_tanh_gelu_(model) == ["blocks.0.mlp.act", "blocks.1.mlp.experts"]
+    want = forward(tree, "vmoe", x, heads=2, pool=pool, rep=16, router=router, k=k)
+    np.testing.assert_allclose(model(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-10, atol=1e-10)
+    built = VisionMoE(pool=pool, representation_size=16, moe_layers=(1,), num_experts=4, k=k, router=router,
+                      eval_capacity_factor=4.0, num_slots=2, qk_norm=qk, gelu_approximate="tanh",
+                      **DIMS).double().eval()
+    load_flax_params(tree, built)
+    np.testing.assert_allclose(built(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-10, atol=1e-10)
 
 
 def test_experts_loaded_without_transpose_and_router_transposed():
