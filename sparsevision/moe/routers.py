@@ -25,6 +25,7 @@ from torch import nn
 from .capacity import CeilOrRound, compute_capacity
 from .losses import gshard_loss, importance_loss, load_loss, weighted_sum
 from .metrics import MoeMetrics
+from .topk import top_k
 
 
 @dataclass
@@ -155,7 +156,7 @@ class NoisyTopExpertsPerItemRouter(_NoisyGate):
             pairs.append((self.load_loss_weight, load))
         aux = weighted_sum(*pairs)
 
-        weight, expert = gates.topk(k, dim=-1)  # [G, S, K]
+        weight, expert = top_k(gates, k)  # [G, S, K], ties to the lower expert index as jax.lax.top_k
         if self.batch_priority:
             order = torch.argsort(-weight[..., 0], dim=1, stable=True)
         else:
