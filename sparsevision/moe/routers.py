@@ -198,7 +198,8 @@ class NoisyTopItemsPerExpertRouter(_NoisyGate):
                              f"`capacity` distinct tokens; lower capacity_factor or capacity_multiple_of")
         _, noisy_logits = self.logits(x)
         gates = noisy_logits.softmax(-1)
-        weight, token = gates.transpose(1, 2).topk(capacity, dim=-1)  # [G, E, C]
+        # [G, E, C]; equal gates keep the lower token index first, as jax.lax.top_k
+        weight, token = top_k(gates.transpose(1, 2), capacity)
 
         picked = torch.zeros(g, e, s, dtype=torch.bool, device=x.device).scatter_(2, token, True)
         best = gates.masked_fill(~picked.transpose(1, 2), -1.0).argmax(-1)
