@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .topk import top_k
+
 
 def _cv_squared(x: torch.Tensor) -> torch.Tensor:
     # Squared coefficient of variation over the expert axis (ddof=0, as jnp.std).
@@ -27,7 +29,7 @@ def load_loss(logits: torch.Tensor, noisy_logits: torch.Tensor, noise_std: float
     As in the official `_load_auxiliary_loss`, the threshold includes the expert itself (no leave-one-out) and keeps
     its gradient through the noisy logits.
     """
-    kth = noisy_logits.topk(k, dim=-1).indices[..., -1:]
+    kth = top_k(noisy_logits, k)[1][..., -1:]  # the official index among ties (its gradient goes there)
     threshold = noisy_logits.gather(-1, kth)
     p = 1.0 - torch.special.ndtr((threshold - logits) / noise_std)
     return _cv_squared(p.mean(dim=1))
