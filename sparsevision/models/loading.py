@@ -31,8 +31,11 @@ def load_model_and_overrides(spec: str, weights: str | None = None, overrides: d
             if not (os.path.isfile(spec) and spec.endswith(".safetensors")):
                 raise
         # A file written by `sparsevision convert` names its model in the metadata.
-        with safe_open(spec, framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(spec, framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types for a corrupt header
+            raise ValueError(f"{spec} is not a readable safetensors file: {err}") from err
         if "model" not in meta:
             raise FileNotFoundError(f"{spec} has no config.json beside it and no model name in its metadata; pass "
                                     f"--model NAME --weights {spec}")
@@ -41,11 +44,17 @@ def load_model_and_overrides(spec: str, weights: str | None = None, overrides: d
     else:
         if os.sep in spec or spec.endswith((".safetensors", ".json")):
             raise FileNotFoundError(f"{spec} does not exist")
-        check_model_name(spec)
+        try:
+            check_model_name(spec)
+        except ValueError as err:  # a missing run directory looks like a bare name too: say both
+            raise ValueError(f"no file or directory {spec!r}, and {err}") from None
         name = spec
         if not weights:
             raise FileNotFoundError(f"{spec!r} is not a path; for a registered model name pass --weights FILE")
     overrides = dict(overrides or {})
-    model = create_model(name, **overrides)
+    try:
+        model = create_model(name, **overrides)
+    except TypeError as err:  # a misspelt --set key is a bad input, not a crash
+        raise ValueError(f"{err} (constructor overrides: {overrides})") from err
     load_model_weights(model, weights)
     return model.eval(), name, overrides
