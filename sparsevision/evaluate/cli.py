@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     factors = positive_numbers(args.capacity_factors, "--capacity-factors")
     model, name = load_model_from_args(args)
+    if not hasattr(model, "num_classes"):  # checked before any data is built
+        raise ValueError(f"{args.model} holds {name}, an image-text model with no classifier head: capacity factors "
+                         f"are measured by classification accuracy (for zero-shot accuracy: sparsevision zeroshot)")
     model.to(args.device)
     image_size = model.patch_embed.img_size[0]
     dataset = build_dataset(args.data, split=args.split, image_size=image_size, seed=args.data_seed)
