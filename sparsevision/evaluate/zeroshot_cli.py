@@ -21,15 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or pairs:<folder | csv> given with --data)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--out", default=None, help="JSON file for the results (default: zeroshot_<data>_<split>.json "
-                                                    "next to the checkpoint's run)")
+    parser.add_argument("--out", default=None, help="JSON file for the results (default: <run>/eval/zeroshot_<data>_"
+                                                    "<split>.json for a run directory, else ./eval/...)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..train.checkpoint import load_checkpoint_model, resolve_weights
+    from ..cli_args import default_output_dir
+    from ..train.checkpoint import atomic_write_bytes, load_checkpoint_model
     from .zeroshot import evaluate_retrieval, zeroshot_classify
 
     model, config = load_checkpoint_model(args.model, device=args.device)
@@ -57,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
                                     max_examples=args.max_examples or 1000)
         result["retrieval"] = recall
         print("retrieval: " + " ".join(f"{k} {v:.4f}" for k, v in recall.items() if k != "num_pairs"))
-    out = Path(args.out) if args.out else resolve_weights(args.model).parent / (
+    # With the run, like `fewshot` and `evaluate`; not inside checkpoints/step_*/, which a resumed run deletes.
+    out = Path(args.out) if args.out else default_output_dir(args.model, "eval") / (
         f"zeroshot_{args.data.replace('/', '_').replace(':', '_')}_{args.split}.json")
-    out.write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
     print(f"wrote {out}")
     return 0
