@@ -78,7 +78,7 @@ def apply_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadRe
     """Copy `state` into `model`; with `strict`, first raise ValueError naming every problem (nothing copied)."""
     if strict and not report.ok:
         raise ValueError(f"the {report.dialect} checkpoint does not fit {type(model).__name__}:\n"
-                         f"{report.problems()}\n(load with strict=False to copy what fits)")
+                         f"{report.problems()}\n(strict=False, or --non-strict on the command line, copies what fits)")
     own = model.state_dict()
     for name, tensor in state.items():
         own[name].copy_(tensor)

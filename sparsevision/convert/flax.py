@@ -77,8 +77,11 @@ def load_npz(path: str | os.PathLike, prefix: str | None = None) -> dict[str, np
     SigLIP image tower, "params" for a train-state file), with the prefix removed from the names."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no parameter file at {path}")
-    with np.load(path, allow_pickle=False) as data:
-        flat = {key: data[key] for key in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            flat = {key: data[key] for key in data.files}
+    except Exception as err:  # not a zip of arrays (or object arrays): numpy's message does not name the file
+        raise ValueError(f"{path} is not a readable .npz of parameter arrays: {err}") from err
     return select_prefix(flat, prefix) if prefix else flat
 
 

@@ -36,12 +36,19 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no weights file at {path}")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+        try:
+            if path.endswith(".safetensors"):
+                from safetensors.torch import load_file
 
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # safetensors / pickle raise their own types for a file of another format
+            kind = "safetensors" if path.endswith(".safetensors") else "torch (.pth / .bin)"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path} is not a readable {kind} weights file: {first}") from err
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     for wrapper in ("model", "state_dict", "model_ema"):
         if wrapper in state and isinstance(state[wrapper], Mapping):
             state = dict(state[wrapper])
