@@ -103,9 +103,10 @@ class VisionMoE(VisionTransformer):
     """ViT with sparse (top-k, expert choice) or soft MoE MLPs in the blocks `moe_layers`.
 
     MoE arguments (see `sparsevision.moe.MoeMlp`): num_experts, k (experts per token, top-k only), router
-    ("top_k" | "expert_choice" | "soft"), capacity_factor / eval_capacity_factor, group_size (tokens routed
+    ("top_k" | "expert_choice" | "soft"), capacity_factor / eval_capacity_factor (buffers sized by
+    `moe.compute_capacity` with capacity_ceil_or_round and capacity_multiple_of), group_size (tokens routed
     together; None = each image alone, V-MoE used 8 images' tokens), batch_priority (BPR), noise_std (None = the
-    router's official default), importance / load loss weights, num_slots (soft, per expert), moe_dropout,
+    router's official default), importance / load / gshard loss weights, num_slots (soft, per expert), moe_dropout,
     shared_expert_init (official `split_rngs=False`: every expert starts from the same draw).
     head_bias_init: constant head bias (V-MoE uses -log(num_classes)); qk_norm: LayerNorm on queries and keys.
     """
@@ -141,6 +142,9 @@ class VisionMoE(VisionTransformer):
         noise_std: float | None = None,
         importance_loss_weight: float = 0.005,
         load_loss_weight: float = 0.005,
+        gshard_loss_weight: float = 0.0,
+        capacity_ceil_or_round: str = "ceil",
+        capacity_multiple_of: int | None = 4,
         num_slots: int | None = None,
         moe_dropout: float = 0.0,
         dispatcher: str = "index",
@@ -153,7 +157,9 @@ class VisionMoE(VisionTransformer):
             i: MoeMlp(width, mlp_dim, num_experts, router=router, k=k, capacity_factor=capacity_factor,
                       eval_capacity_factor=eval_capacity_factor, group_size=group_size, batch_priority=batch_priority,
                       noise_std=noise_std, importance_loss_weight=importance_loss_weight,
-                      load_loss_weight=load_loss_weight, num_slots=num_slots, dropout=moe_dropout,
+                      load_loss_weight=load_loss_weight, gshard_loss_weight=gshard_loss_weight,
+                      capacity_ceil_or_round=capacity_ceil_or_round, capacity_multiple_of=capacity_multiple_of,
+                      num_slots=num_slots, dropout=moe_dropout,
                       dispatcher=dispatcher, shared_expert_init=shared_expert_init,
                       gelu_approximate=gelu_approximate)
             for i in layers

@@ -227,3 +227,18 @@ def test_routing_heatmap_counts_first_choices(tmp_path):
     assert (tmp_path / "routing.png").stat().st_size > 0
     with pytest.raises(ValueError, match=r"labels must be in \[0, 9\]"):
         routing_heatmap(model, [(images[:1], torch.tensor([10]))], num_classes=10)
+
+
+def test_capacity_rounding_reaches_the_routers():
+    # Soft MoE paper's expert-choice configs round capacity with multiple_of=1 (S/16, E=128: 2 tokens, not 4).
+    from sparsevision.moe import compute_capacity
+
+    model = create_model("expert_choice_tiny_test", num_experts=8, capacity_ceil_or_round="round",
+                         capacity_multiple_of=1)
+    for mlp in model.moe_mlps():
+        assert (mlp.router.ceil_or_round, mlp.router.multiple_of) == ("round", 1)
+    assert compute_capacity(16, 8, 1.0, "round", multiple_of=1) == 2
+    _, aux = create_model("expert_choice_tiny_test", num_experts=8)(torch.randn(3, 3, 32, 32), return_aux=True)
+    assert [m.capacity for m in aux["moe"]] == [4, 4]  # default: ceil, then up to a multiple of 4
+    _, aux = model(torch.randn(3, 3, 32, 32), return_aux=True)
+    assert [m.capacity for m in aux["moe"]] == [2, 2]
