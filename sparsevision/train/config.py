@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -105,6 +106,10 @@ CHOICES = {
 def validate(config: TrainConfig) -> TrainConfig:
     """Raise ValueError naming the first bad field; return the config unchanged."""
     flat = flatten(config)
+    for key, value in flat.items():  # nan passes every `< 0` test below and would train silently to nothing
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ValueError(f"{key} must be a finite number, got {value}")
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key}={flat[key]!r} is not one of {', '.join(allowed)}")
@@ -120,6 +125,12 @@ def validate(config: TrainConfig) -> TrainConfig:
                 "distributed.ep_size"]:
         if flat[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {flat[key]}")
+    if not 0 <= config.loss.label_smoothing < 1:
+        raise ValueError(f"loss.label_smoothing must be in [0, 1), got {config.loss.label_smoothing}")
+    if not all(0 <= b < 1 for b in config.optim.betas):
+        raise ValueError(f"optim.betas must both be in [0, 1), got {config.optim.betas}")
+    if config.optim.momentum < 0:
+        raise ValueError(f"optim.momentum must be >= 0, got {config.optim.momentum}")
     if config.data.batch_size % config.accum_steps:
         raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by "
                          f"accum_steps={config.accum_steps} (each micro-batch must have the same size)")
