@@ -167,9 +167,15 @@ def _check_run_dir(config: TrainConfig, resume: bool) -> tuple[Path, Path | None
     run_dir = Path(config.out_dir)
     checkpoint = latest_checkpoint(run_dir)
     if resume and checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to resume from")
-    if not resume and (checkpoint is not None or (run_dir / METRICS_FILE).exists()):
+        stopped = " (the run stopped before its first checkpoint; delete it and start again)" \
+            if (run_dir / METRICS_FILE).exists() else ""
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to resume from{stopped}")
+    if not resume and checkpoint is not None:
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if not resume and (run_dir / METRICS_FILE).exists():
+        # --resume cannot help either: say what the user can do (delete it or choose another --out).
+        raise ValueError(f"{run_dir} already holds a run that stopped before its first checkpoint (nothing to "
+                         f"resume); delete it or choose another --out")
     return run_dir, checkpoint
 
 
@@ -310,12 +316,12 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
             values = parallel.mean_over_ranks(_to_floats(step_metrics), ctx)
             total = values.pop("_total")  # the loss that was minimised, whatever the objective logs as "loss"
             if not math.isfinite(total):
-                raise NonFiniteLossError(_nonfinite_message("loss", total, step, run_dir))
+                raise NonFiniteLossError(_nonfinite_message("loss", total, step, run_dir, config))
             scaler.unscale_(optimizer)
             max_norm = config.optim.grad_clip_norm or float("inf")
             grad_norm = float(clip_grad_norm_(model, max_norm, ctx))  # the global norm, the same on every rank
             if not math.isfinite(grad_norm) and not use_scaler:  # fp16's scaler skips such steps by design
-                raise NonFiniteLossError(_nonfinite_message("gradient norm", grad_norm, step, run_dir))
+                raise NonFiniteLossError(_nonfinite_message("gradient norm", grad_norm, step, run_dir, config))
             scaler.step(optimizer)
             scaler.update()
             window_seconds += time.perf_counter() - step_start
@@ -338,6 +344,9 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
                 val_metrics = evaluate(model, objective, val_loaders[0], device, autocast_dtype, ctx, val_loaders[1])
                 writer.write({"step": step, "split": "val", **val_metrics})
                 say(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+                val_loss = val_metrics.get("loss", 0.0)
+                if not math.isfinite(val_loss):  # diverged weights: never save them as a checkpoint
+                    raise NonFiniteLossError(_nonfinite_message("validation loss", val_loss, step, run_dir, config))
                 if main and step < last_step:  # the last one is drawn on the way out
                     _plot(run_dir, config)
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == last_step:
@@ -403,11 +412,16 @@ class _NoWriter:
         pass
 
 
-def _nonfinite_message(what: str, value: float, step: int, run_dir: Path) -> str:
+def _nonfinite_message(what: str, value: float, step: int, run_dir: Path, config: TrainConfig) -> str:
     good = latest_checkpoint(run_dir)
     kept = f"the last good checkpoint {good} is kept" if good else "no checkpoint had been saved yet"
-    return (f"{what} is {value} at step {step}; training stopped without saving ({kept}). "
-            f"Try a lower optim.lr, a longer optim.warmup_steps or optim.grad_clip_norm=1")
+    if good is not None and good.name == checkpoint_dir(run_dir, step - 1).name:
+        # Saved right after the update that may have diverged: its weights gave this value.
+        kept = f"the newest checkpoint {good} was saved one step earlier and may already hold the diverged weights"
+    advice = "a lower optim.lr or a longer optim.warmup_steps"
+    if not config.optim.grad_clip_norm:
+        advice += " or optim.grad_clip_norm=1"
+    return f"{what} is {value} at step {step}; training stopped without saving ({kept}). Try {advice}"
 
 
 def _plot(run_dir: Path, config: TrainConfig) -> None:
