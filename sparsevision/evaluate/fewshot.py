@@ -175,8 +175,9 @@ def sample_shots(labels, shots: int | Sequence[int], num_classes: int | None = N
     short = [(c, int(counts[c])) for c in range(num_classes) if counts[c] < need]
     if short:
         shown = ", ".join(f"class {c}: {n}" for c, n in short[:5])
-        raise ValueError(f"{max_shot}-shot sampling with val_per_class={val_per_class} needs {need} examples per "
-                         f"class, but {len(short)} class(es) have fewer ({shown})")
+        held_out = f" ({max_shot} shots + {val_per_class} held out)" if val_per_class else ""
+        raise ValueError(f"{max_shot}-shot sampling needs {need} examples per class{held_out} in the train pool, but "
+                         f"{len(short)} class(es) have fewer ({shown}); use fewer shots or a larger pool")
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
     sets = {k: np.concatenate([p[:k] for p in perms]) for k in shot_list}

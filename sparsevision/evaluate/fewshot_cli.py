@@ -18,18 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="holdout: per task on train examples never drawn as shots (default); test: best test "
                              "accuracy per task (optimistic); mean-rank: V-MoE's one l2 per shot count shared by "
                              "all tasks, by mean test-accuracy rank")
-    parser.add_argument("--knn-k", type=int, default=20, help="neighbours for the kNN accuracy (0: skip kNN)")
-    parser.add_argument("--knn-metric", choices=("cosine", "l2"), default="cosine")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled shots")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the dataset itself")
+    parser.add_argument("--knn-k", type=int, default=20,
+                        help="neighbours for the kNN accuracy (default 20; 0: skip kNN)")
+    parser.add_argument("--knn-metric", choices=("cosine", "l2"), default="cosine", help="default: cosine")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled shots (default 0)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the dataset itself (default 0)")
     parser.add_argument("--max-train-examples", type=int, default=None,
                         help="cap on the train pool the shots are drawn from (default: the whole train split)")
-    parser.add_argument("--max-test-examples", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-test-examples", type=int, default=None,
+                        help="first N test examples (default: the whole test split)")
+    parser.add_argument("--batch-size", type=int, default=128, help="feature extraction batch (default 128)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--out", default=None,
                         help="output directory (default: <run>/eval for a run directory, else ./eval)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def evaluate_task(model, task: str, shots: list[int], args) -> dict:
@@ -99,6 +101,13 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.data.split(",") if t.strip()]
     if not tasks:
         raise ValueError("--data names no task")
+    # Checked before any model or feature work, which takes minutes on real models.
+    if args.knn_k < 0:
+        raise ValueError(f"--knn-k must be >= 0 (0 skips kNN), got {args.knn_k}")
+    for flag, value in (("--max-train-examples", args.max_train_examples),
+                        ("--max-test-examples", args.max_test_examples), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
     if args.l2_selection == "mean-rank" and len(tasks) < 2:
         raise ValueError("--l2-selection mean-rank shares one l2 across tasks; give at least two tasks in --data")
     model, name = load_model_from_args(args)
