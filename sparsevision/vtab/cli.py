@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from .report import bar_plot, format_table, save_json
     from .runner import run_suite
 
+    if args.test_examples is not None and args.test_examples < 1:  # before the model is read
+        raise ValueError(f"--test-examples must be >= 1, got {args.test_examples}")
     settings = AdaptSettings(mode=args.mode, steps_scale=args.steps_scale, lrs=tuple(positive_numbers(args.lr, "--lr")),
                              batch_size=args.batch_size, seed=args.seed)
     if args.device == "auto":

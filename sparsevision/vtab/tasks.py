@@ -183,6 +183,8 @@ def select_tasks(suite: str, names: str | list[str] | None = None) -> tuple:
     wanted = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
     wanted = [n for n in wanted if n]
     known = {t.name: t for t in tasks}
+    if not wanted:  # e.g. --tasks "," : running nothing and reporting "no data" would mislead
+        raise ValueError(f"tasks {names!r} names no {suite} task (tasks: {', '.join(known)})")
     for name in wanted:
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
