@@ -126,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
     ft_settings = FinetuneSettings(steps_scale=args.steps_scale, batch_size=args.finetune_batch_size,
                                    lrs=tuple(positive_numbers(args.lrs, "--lrs")),
                                    max_eval_examples=args.max_eval_examples, data_seed=args.data_seed)
+    # Last of the cheap checks: every candidate is loaded from a path, and a missing one would otherwise fail only
+    # after the features of those before it.
+    missing = [s for s in specs if not Path(s).exists()]
+    if missing:
+        raise FileNotFoundError(f"candidate(s) not found: {', '.join(missing)} (each must be a run directory, "
+                                f"checkpoint directory or .safetensors file)")
 
     scores, details = score_candidates(specs, args.data, proxies, settings, names=names, data_seed=args.data_seed,
                                        batch_size=args.batch_size, device=args.device, progress=progress)
