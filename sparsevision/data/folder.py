@@ -10,6 +10,7 @@ A file PIL cannot decode raises CorruptImageError naming the file, when that ite
 DataLoader worker, whose re-raise keeps the message) or upfront with `verify()`. With skip_corrupt=True the split's
 files are decoded once at construction and bad ones dropped with a warning naming each file, so indexes stay
 consistent afterwards. The split is drawn before dropping, so a corrupt file never moves others between splits.
+On the command line, where no keyword reaches the dataset, SPARSEVISION_SKIP_CORRUPT=1 asks for the same.
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ from .base import ImageDataset, SPLITS, check_image_size, check_seed, check_spli
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2
+SKIP_CORRUPT_ENV = "SPARSEVISION_SKIP_CORRUPT"
+_SKIP_HINT = f"set {SKIP_CORRUPT_ENV}=1 (or pass skip_corrupt=True) to skip unreadable images with a warning"
+
+
+def _skip_corrupt_from_env() -> bool:
+    return os.environ.get(SKIP_CORRUPT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class CorruptImageError(ValueError):
@@ -67,12 +74,13 @@ def load_image(path: Path, image_size: int) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # PIL signals bad files with several types (UnidentifiedImageError is an OSError, truncated data an
         # OSError, some plugins ValueError/SyntaxError); one type with the path is what callers can act on.
-        raise CorruptImageError(f"cannot read image file {str(path)!r}: {type(err).__name__}: {err}") from err
+        raise CorruptImageError(f"cannot read image file {str(path)!r}: {type(err).__name__}: {err} "
+                                f"({_SKIP_HINT})") from err
 
 
 class FolderDataset(ImageDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", image_size: int = 32, seed: int = 0,
-                 skip_corrupt: bool = False):
+                 skip_corrupt: bool | None = None):
         self.root = Path(root).expanduser()
         self.name = f"folder:{root}"
         self.split = check_split(split)
@@ -94,6 +102,8 @@ class FolderDataset(ImageDataset):
             self.files, self._labels = [files[i] for i in keep], labels[keep]
         if not self.class_names:
             raise ValueError(f"{self.name}: no class sub-folders found under {str(self.root)!r}")
+        if skip_corrupt is None:
+            skip_corrupt = _skip_corrupt_from_env()
         if skip_corrupt:
             bad = set(self.verify(raise_on_error=False))
             for path in sorted(bad):
@@ -127,6 +137,5 @@ class FolderDataset(ImageDataset):
                 bad.append(path)
         if bad and raise_on_error:
             shown = ", ".join(repr(str(p)) for p in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-            raise CorruptImageError(f"{self.name}: {len(bad)} unreadable image file(s): {shown} "
-                                    f"(pass skip_corrupt=True to skip them)")
+            raise CorruptImageError(f"{self.name}: {len(bad)} unreadable image file(s): {shown} ({_SKIP_HINT})")
         return bad
