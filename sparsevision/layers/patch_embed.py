@@ -31,11 +31,18 @@ class PatchEmbed(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         expected = (self.in_chans, *self.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {tuple(x.shape)}; build the model with img_size/in_chans matching the data "
-                f"(e.g. create_model(name, img_size={x.shape[-1] if x.ndim == 4 else '...'}))"
-            )
+            got = f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}"
+            if x.ndim != 4:
+                raise ValueError(f"{got}; pass a batch of images [B, C, H, W] (one image: x[None])")
+            # Name the constructor argument that actually differs, with the value the data needs.
+            fixes = []
+            if x.shape[1] != self.in_chans:
+                fixes.append(f"in_chans={x.shape[1]}")
+            if tuple(x.shape[2:]) != tuple(self.img_size):
+                h, w = x.shape[2:]
+                fixes.append(f"img_size={h if h == w else (h, w)}")
+            raise ValueError(f"{got}; build the model for the data (e.g. create_model(name, {', '.join(fixes)})) "
+                             f"or resize the data to the model")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
