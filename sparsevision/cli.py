@@ -23,6 +23,33 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """States every option's default in --help ("(default: X)") unless its help already speaks of a default;
+    descriptions and epilogs are printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not _has_default(action) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _has_default(action: argparse.Action) -> bool:
+    default = action.default
+    return bool(action.option_strings) and not (default is None or isinstance(default, bool)
+                                                or default is argparse.SUPPRESS or default == [])
+
+
+def _document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Use `HelpFormatter`, and give options declared without help one stating their default (argparse prints
+    nothing at all for an option without help)."""
+    if issubclass(HelpFormatter, parser.formatter_class):  # a command may ask for raw descriptions: ours keeps them
+        parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if action.help is None and _has_default(action):
+            action.help = "(default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsevision",
@@ -31,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(sub)
+        _document_defaults(sub)
         sub.set_defaults(_run=module.run)
     return parser
 
