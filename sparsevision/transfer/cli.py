@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.config import DataConfig, ModelConfig, TrainConfig, config_to_dict
     from ..train.plots import plot_metrics
     from .features import model_image_size
-    from .finetune import MODES, finetune, predict_logits, replace_head
+    from .finetune import MODES, finetune, head_classes, predict_logits, replace_head
     from .hyperrule import default_flip, hyperrule, resize_for_crop, schedule_for
 
     if args.mode not in MODES:
@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out / TRANSFER_FILE} exists; pass --force to overwrite it or choose another --out")
 
     model, name, overrides = load_model_and_overrides(args.model, args.weights)
+    head_classes(model)  # a head-less (image-text) model is refused here, before any data is built
     progress = _progress(args.progress)
 
     # The recipe depends on the training-set size, and the datasets on the recipe's resolution.
@@ -132,9 +133,13 @@ def run(args: argparse.Namespace) -> int:
     val_ds, test_ds = dataset("val", crop), dataset("test", crop)
     num_classes = test_ds.num_classes
     replace_head(model, num_classes)
-    print(f"transfer {name} -> {args.data} ({args.mode}): {num_train} train examples, {config.steps} steps, "
-          f"crop {config.crop} (resize {config.resize}), batch {config.batch_size}, MixUp {config.mixup_alpha}, "
-          f"flip {'on' if config.flip else 'off'}")
+    if args.mode == "linear":  # no steps, batches, MixUp or flips: features once, then full-batch L-BFGS
+        print(f"transfer {name} -> {args.data} (linear): {num_train} train examples, features at {config.crop} px, "
+              f"logistic-regression head with L2 chosen on val")
+    else:
+        print(f"transfer {name} -> {args.data} ({args.mode}): {num_train} train examples, {config.steps} steps, "
+              f"crop {config.crop} (resize {config.resize}), batch {config.batch_size}, MixUp {config.mixup_alpha}, "
+              f"flip {'on' if config.flip else 'off'}")
     result = finetune(model, train_ds, val_ds, num_classes=num_classes, config=config, mode=args.mode,
                       device=args.device, progress=progress, eval_batch_size=args.eval_batch_size)
     logits, labels = predict_logits(result.model, test_ds, batch_size=args.eval_batch_size, progress=progress)
@@ -168,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
 
     val = "-" if result.val_accuracy is None else f"{100 * result.val_accuracy:.2f}%"
     print(f"{'mode':10s} {'steps':>6s} {'res':>4s} {'val acc':>8s} {'test acc':>9s} {'ECE':>6s} {'NLL':>7s}")
-    print(f"{args.mode:10s} {result.config.steps:6d} {result.img_size:4d} {val:>8s} {100 * test_accuracy:8.2f}% "
+    steps = "-" if args.mode == "linear" else str(result.config.steps)
+    print(f"{args.mode:10s} {steps:>6s} {result.img_size:4d} {val:>8s} {100 * test_accuracy:8.2f}% "
           f"{calibration['ece']:6.3f} {calibration['nll']:7.4f}")
     print(f"wrote {out} ({TRANSFER_FILE}, {MODEL_FILE}, {CURVES_FILE}, {RELIABILITY_FILE})")
     return 0

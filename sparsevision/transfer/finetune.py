@@ -58,7 +58,8 @@ def _head(model: nn.Module) -> nn.Module:
     head = getattr(model, "head", None)
     if head is None or not hasattr(model, "num_features"):
         raise ValueError(f"{type(model).__name__} has no classifier head (model.head / model.num_features); "
-                         f"fine-tuning needs a ViT, V-MoE, Soft MoE or Mixer classifier")
+                         f"fine-tuning and linear probes need a ViT, V-MoE, Soft MoE or Mixer classifier (the image "
+                         f"embedding of an image-text model: sparsevision fewshot)")
     return head
 
 
@@ -149,15 +150,16 @@ def _check_inputs(model: nn.Module, train_ds, val_ds, num_classes: int, mode: st
         raise ValueError("the training set is empty")
 
 
-def _resolved(config: FinetuneConfig, model: nn.Module, num_train: int) -> FinetuneConfig:
+def _resolved(config: FinetuneConfig, model: nn.Module, num_train: int, note: bool = True) -> FinetuneConfig:
     crop = config.crop or model_image_size(model)
     resize = config.resize or resize_for_crop(crop)
     batch = config.batch_size
     if batch > num_train:
         # BiT's batch of 512 is larger than the smallest tasks (and the test ones): one step sees them all.
         batch = max(config.accum_steps, num_train // config.accum_steps * config.accum_steps)
-        print(f"note: batch_size {config.batch_size} > {num_train} training examples; using {batch}",
-              file=sys.stderr)
+        if note:  # a linear probe has no batches: nothing to tell
+            print(f"note: batch_size {config.batch_size} > {num_train} training examples; using {batch}",
+                  file=sys.stderr)
     return config.replace(crop=crop, resize=max(resize, crop), batch_size=batch)
 
 
@@ -174,7 +176,7 @@ def finetune(model: nn.Module, train_ds, val_ds=None, *, num_classes: int, confi
     _check_inputs(model, train_ds, val_ds, num_classes, mode)
     start = time.perf_counter()
     device = _resolve_device(device, model)
-    config = _resolved(config, model, len(train_ds))
+    config = _resolved(config, model, len(train_ds), note=mode != "linear")
     resized = with_resolution(model, config.crop)
     if resized is model and copy_model:
         resized = copy.deepcopy(model)
