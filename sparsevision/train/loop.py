@@ -225,7 +225,9 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
     datasets = {split: objective.build_dataset(config, split) for split in ("train", "val", "test")}
 
     # The resolved config records what the model got from the data, so config.json alone rebuilds it.
-    overrides = {**objective.model_overrides(config, datasets["train"]), **config.model.overrides}
+    from_data = objective.model_overrides(config, datasets["train"])
+    _check_model_fits_data(config, from_data)
+    overrides = {**from_data, **config.model.overrides}
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, overrides=overrides))
     if checkpoint is not None and main:
         saved = json.loads((checkpoint / CONFIG_FILE).read_text())
@@ -373,6 +375,22 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
     barrier(ctx)  # a rank returns only once rank 0 has written everything (or fails naming rank 0)
     return TrainResult(run_dir, last_step, val_metrics, test_metrics, checkpoint, last_step < config.steps,
                        ctx.rank)
+
+
+def _check_model_fits_data(config: TrainConfig, from_data: dict) -> None:
+    """A head or input size set in model.overrides (or recorded by the run being resumed) that the data does not
+    have: too few classes fails at the first out-of-range label, too many trains silently on a wrong head."""
+    def side(size):
+        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+    for key, wanted in from_data.items():
+        given = config.model.overrides.get(key)
+        if given is None or (side(given) == side(wanted) if key == "img_size" else given == wanted):
+            continue
+        what = (f"{config.data.dataset} has {wanted} classes" if key == "num_classes"
+                else f"data.image_size={config.data.image_size}")
+        raise ValueError(f"model.overrides.{key}={given} does not match the data: {what} (a resumed run keeps the "
+                         f"model it was built with: start a new run, or adapt it with `sparsevision transfer`)")
 
 
 def _no_sync(model: torch.nn.Module, last: bool):

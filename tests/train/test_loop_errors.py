@@ -55,3 +55,26 @@ def test_run_that_stopped_before_its_first_checkpoint(tiny_config):
         train(config, progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint .* to resume from \\(the run stopped before its"):
         train(config, resume=True, progress=False)
+
+
+def test_model_that_does_not_fit_the_data_is_refused_before_training(tiny_config):
+    with pytest.raises(ValueError, match=r"model.overrides.num_classes=20 does not match the data: digits has 10 "
+                                         r"classes"):
+        train(tiny_config("wide", sets=["model.overrides.num_classes=20"]), progress=False)
+    with pytest.raises(ValueError, match=r"model.overrides.img_size=16 does not match the data: data.image_size=32"):
+        train(tiny_config("small", sets=["model.overrides.img_size=16"]), progress=False)
+    # The same values written another way are no mismatch.
+    train(tiny_config("same", sets=["model.overrides.img_size=[32,32]", "model.overrides.num_classes=10"], steps=1,
+                      eval_every=0), progress=False)
+
+
+def test_resume_on_a_dataset_with_other_classes_is_refused(tiny_config, capsys):
+    from sparsevision.cli import main
+
+    config = tiny_config(steps=3, eval_every=0)
+    train(config, progress=False)
+    assert main(["train", "--out", config.out_dir, "--resume", "--steps", "5", "--no-progress",
+                 "--set", "data.dataset=dsprites_shape"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sparsevision train: error: model.overrides.num_classes=10 does not match the data: "
+                          "dsprites_shape has 3 classes (a resumed run keeps the model it was built with")
