@@ -195,6 +195,8 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         directory, and the losses are those of one process on the same batches.
     """
     validate(config)
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after={stop_after} (--stop-after) must be >= 1")
     ctx, owned = parallel.start(config, ctx)
     try:
         result = _train(config, ctx, resume=resume, stop_after=stop_after, objective=objective, progress=progress)
@@ -257,6 +259,9 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
             set_rng_state(state["rng"])
         if start_step > config.steps:
             raise ValueError(f"the checkpoint in {checkpoint} is at step {start_step}, beyond steps={config.steps}")
+        if stop_after is not None and stop_after <= start_step:  # it returned "step 0" having done nothing
+            raise ValueError(f"stop_after={stop_after} (--stop-after) is not after the checkpoint's step "
+                             f"{start_step} in {checkpoint}")
     if not main:  # dropout and router noise differ per rank; rank 0 keeps the one-process stream
         seed_everything(parallel.rank_seed(config.seed, ctx.rank, start_step))
     ddp = wrap_ddp(model, ctx)  # DDP for everything but the expert shards (the model itself in one process)

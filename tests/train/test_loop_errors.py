@@ -78,3 +78,13 @@ def test_resume_on_a_dataset_with_other_classes_is_refused(tiny_config, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("sparsevision train: error: model.overrides.num_classes=10 does not match the data: "
                           "dsprites_shape has 3 classes (a resumed run keeps the model it was built with")
+
+
+def test_stop_after_must_lie_ahead(tiny_config):
+    with pytest.raises(ValueError, match=r"stop_after=0 \(--stop-after\) must be >= 1"):
+        train(tiny_config("zero"), stop_after=0, progress=False)
+    config = tiny_config(eval_every=0)
+    train(config, stop_after=2, progress=False)
+    with pytest.raises(ValueError, match=r"stop_after=2 \(--stop-after\) is not after the checkpoint's step 2"):
+        train(config, resume=True, stop_after=2, progress=False)
+    assert train(config, resume=True, stop_after=3, progress=False).step == 3
