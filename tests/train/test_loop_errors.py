@@ -24,11 +24,11 @@ class NanEvalAfter(ClassificationObjective):
 
 
 def test_nan_validation_loss_stops_before_the_checkpoint(tiny_config):
-    config = tiny_config(sets=["eval_every=3", "checkpoint_every=3", "keep_checkpoints=1"])
-    with pytest.raises(NonFiniteLossError, match=r"validation loss is nan at step 6; training stopped without "
-                                                 r"saving \(the last good checkpoint .*step_00000003 is kept\)"):
-        train(config, objective=NanEvalAfter(6), progress=False)
-    assert latest_checkpoint(config.out_dir).name == "step_00000003"
+    config = tiny_config(sets=["eval_every=2", "checkpoint_every=2", "keep_checkpoints=1"])
+    with pytest.raises(NonFiniteLossError, match=r"validation loss is nan at step 4; training stopped without "
+                                                 r"saving \(the last good checkpoint .*step_00000002 is kept\)"):
+        train(config, objective=NanEvalAfter(4), progress=False)
+    assert latest_checkpoint(config.out_dir).name == "step_00000002"
     model, _ = load_checkpoint_model(config.out_dir)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
