@@ -135,7 +135,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by "
                          f"accum_steps={config.accum_steps} (each micro-batch must have the same size)")
     if config.optim.warmup_steps >= config.steps > 1:
-        raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be < steps={config.steps}")
+        # Met by `--steps N` on a preset with a long warmup (vmoe-default: 50): say how to shorten it too.
+        raise ValueError(f"optim.warmup_steps={config.optim.warmup_steps} must be < steps={config.steps} "
+                         f"(shorten it with --set optim.warmup_steps=N)")
     if not config.device.split(":")[0] in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={config.device!r} is not one of auto, cpu, cuda, cuda:N")
     if not config.distributed.timeout_s > 0:

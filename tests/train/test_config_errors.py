@@ -31,3 +31,11 @@ def test_cli_refuses_before_creating_the_run(tmp_path, capsys):
     assert main(["train", "--preset", "test", "--out", str(out), "--set", "optim.lr=nan"]) == 1
     assert "optim.lr must be a finite number" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_short_steps_on_a_long_warmup_preset_says_how_to_fix(capsys):
+    assert main(["train", "--preset", "vmoe-default", "--steps", "20", "--print-config"]) == 1
+    assert capsys.readouterr().err.strip() == ("sparsevision train: error: optim.warmup_steps=50 must be < steps=20 "
+                                               "(shorten it with --set optim.warmup_steps=N)")
+    assert main(["train", "--preset", "vmoe-default", "--steps", "20", "--set", "optim.warmup_steps=2",
+                 "--print-config"]) == 0
