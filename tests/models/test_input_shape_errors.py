@@ -17,3 +17,19 @@ def test_wrong_input_names_the_argument(name, shape, fix):
     model = sparsevision.create_model(name)
     with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 32, 32\), got .*; .*" + fix):
         model(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_classes": "abc"}, "num_classes must be an int >= 0, got 'abc'"),
+    ({"num_classes": -1}, "num_classes must be an int >= 0, got -1"),
+    ({"depth": 0}, "depth must be an int >= 1, got 0"),
+    ({"img_size": "abc"}, r"img_size must be a positive int or an \(H, W\) pair of them, got 'abc'"),
+    ({"img_size": [32, 0]}, r"img_size must be a positive int or an \(H, W\) pair"),
+])
+def test_bad_sizes_are_named_before_construction(overrides, message):
+    with pytest.raises(ValueError, match="bad arguments for model 'vit_tiny_test': " + message):
+        sparsevision.create_model("vit_tiny_test", **overrides)
+
+
+def test_good_sizes_in_either_form_build():
+    assert sparsevision.create_model("vit_tiny_test", img_size=[32, 32], num_classes=0).num_features == 32
