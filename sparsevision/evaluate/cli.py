@@ -29,13 +29,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli_args import default_output_dir, load_model_from_args, positive_numbers
     from ..data import build_dataset
-    from .capacity import evaluate_capacity_factors, save_capacity_results
+    from .capacity import _moe_layers, evaluate_capacity_factors, save_capacity_results
 
     factors = positive_numbers(args.capacity_factors, "--capacity-factors")
     model, name = load_model_from_args(args)
     if not hasattr(model, "num_classes"):  # checked before any data is built
         raise ValueError(f"{args.model} holds {name}, an image-text model with no classifier head: capacity factors "
                          f"are measured by classification accuracy (for zero-shot accuracy: sparsevision zeroshot)")
+    _moe_layers(model)  # a dense model has no capacity factor: say so before building the data
     model.to(args.device)
     image_size = model.patch_embed.img_size[0]
     dataset = build_dataset(args.data, split=args.split, image_size=image_size, seed=args.data_seed)
