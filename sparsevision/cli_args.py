@@ -58,3 +58,23 @@ def positive_numbers(text: str, flag: str, kind: type = float) -> list:
     if not values or any(not v > 0 for v in values):
         raise ValueError(f"{flag} must be positive {noun}, got {text!r}")
     return values
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N (default: auto)")
+
+
+def resolve_device(text: str):
+    """torch.device for `--device`; 'auto' picks CUDA when available. A CUDA request without CUDA is an error."""
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text} but CUDA is not available here; use cpu or auto")
+    return device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_model_arguments
+from ..cli_args import add_device_argument, add_model_arguments
 
 HELP = "accuracy of a trained MoE model per eval capacity factor (Batch Priority Routing on), with JSON and plot"
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bpr", action="store_true", help="fill buffers in token order instead of by priority")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--out", default=None,
                         help="output directory (default: <run>/eval for a run directory, else ./eval)")
 
@@ -27,10 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers
+    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers, resolve_device
     from ..data import build_dataset
     from .capacity import _moe_layers, evaluate_capacity_factors, save_capacity_results
 
+    args.device = resolve_device(args.device)
     factors = positive_numbers(args.capacity_factors, "--capacity-factors")
     model, name = load_model_from_args(args)
     if not hasattr(model, "num_classes"):  # checked before any data is built

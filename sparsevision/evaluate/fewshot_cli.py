@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_model_arguments
+from ..cli_args import add_device_argument, add_model_arguments
 
 HELP = "few-shot ridge (1/5/10/25 shots, V-MoE recipe) and kNN accuracy of frozen features; table, JSON, plot"
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-test-examples", type=int, default=None,
                         help="first N test examples (default: the whole test split)")
     parser.add_argument("--batch-size", type=int, default=128, help="feature extraction batch (default 128)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_device_argument(parser)
     parser.add_argument("--out", default=None,
                         help="output directory (default: <run>/eval for a run directory, else ./eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -93,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers
+    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers, resolve_device
     from ..train.checkpoint import atomic_write_bytes
     from .plots import bar_plot
 
+    args.device = resolve_device(args.device)
     shots = sorted(set(positive_numbers(args.shots, "--shots", int)))
     tasks = [t.strip() for t in args.data.split(",") if t.strip()]
     if not tasks:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import add_device_argument
+
 HELP = "zero-shot classification accuracy (and retrieval recall@k) of a trained CLIP / SigLIP / LIMoE checkpoint"
 
 
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also report image<->text recall@1/5 on the dataset's captions (built-in tasks, "
                              "or pairs:<folder | csv> given with --data)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--out", default=None, help="JSON file for the results (default: <run>/eval/zeroshot_<data>_"
                                                     "<split>.json for a run directory, else ./eval/...)")
 
@@ -29,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..cli_args import default_output_dir
+    from ..cli_args import default_output_dir, resolve_device
     from ..train.checkpoint import atomic_write_bytes, load_checkpoint_model
     from .zeroshot import evaluate_retrieval, zeroshot_classify
 
+    args.device = resolve_device(args.device)
     model, config = load_checkpoint_model(args.model, device=args.device)
     if not hasattr(model, "encode_text"):
         raise ValueError(f"{args.model} holds a {config.model.name!r} model, not an image-text model")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_args import add_device_argument
+
 HELP = ("rank checkpoints for a task by kNN / linear-probe / upstream proxies, with regret against fine-tuning "
         "and greedy low-data ensembles")
 
@@ -44,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-eval-examples", type=int, default=None,
                         help="first N validation / test examples for fine-tuned evaluation (default: all)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size of feature extraction")
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--out", default="selection", help="output directory (default ./selection)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..cli_args import positive_numbers
+    from ..cli_args import positive_numbers, resolve_device
     from ..train.checkpoint import atomic_write_bytes
     from .plots import ensemble_path_plot, proxy_bars, proxy_scatter
     from .proxies import check_proxies
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                          score_candidates)
     from .tuning import FinetuneSettings, TaskSplits, finetune_pool, ground_truth_from_runs
 
+    args.device = resolve_device(args.device)
     specs = check_candidates(args.candidates)
     names = candidate_names(specs)
     proxies = check_proxies(args.proxy)

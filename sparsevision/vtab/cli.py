@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_args import add_model_arguments
+from ..cli_args import add_device_argument, add_model_arguments
 
 HELP = "VTAB-1k (19 tasks, local data) or the offline vtab-lite suite: table, JSON and bar plot"
 
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-examples", type=int, default=None,
                         help="cap each test set (vtab-lite default 1000; vtab-1k default: the whole split, a "
                              "cap is flagged in the report)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    add_device_argument(parser)
     parser.add_argument("--out", default=None,
                         help="output directory (default: <run>/vtab for a run directory, else ./vtab)")
     parser.add_argument("--seed", type=int, default=0, help="finetune / linear: seed of the adaptation runs")
@@ -55,23 +55,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-
-    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers
+    from ..cli_args import default_output_dir, load_model_from_args, positive_numbers, resolve_device
     from .adapt import AdaptSettings
     from .report import bar_plot, format_table, save_json
     from .runner import run_suite
 
+    args.device = resolve_device(args.device)
     if args.test_examples is not None and args.test_examples < 1:  # before the model is read
         raise ValueError(f"--test-examples must be >= 1, got {args.test_examples}")
     settings = AdaptSettings(mode=args.mode, steps_scale=args.steps_scale, lrs=tuple(positive_numbers(args.lr, "--lr")),
                              batch_size=args.batch_size, seed=args.seed)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device} but CUDA is not available; use cpu or auto")
+    device = args.device
     model, name = load_model_from_args(args)
     model.to(device)
     result = run_suite(model, args.suite, tasks=args.tasks, settings=settings, data_dir=args.data_dir,
