@@ -142,7 +142,7 @@ def score_candidates(specs: Sequence[str], data: str, proxies: Sequence[str],
         from ..transfer.features import extract_features, model_image_size
 
         datasets = {}
-        for spec, name in tqdm(list(zip(specs, names)), desc="proxies", disable=not progress):
+        for spec, name in tqdm(list(zip(specs, names)), desc="proxies", disable=None if progress else True):
             model, model_name = load_model(spec)
             model.to(device)
             size = model_image_size(model)

@@ -117,7 +117,7 @@ def finetune_pool(specs: Sequence[str], names: Sequence[str], splits: TaskSplits
 
     out = dict(done or {})
     todo = [(s, n) for s, n in zip(specs, names) if n not in out]
-    for spec, name in tqdm(todo, desc="fine-tune candidates", disable=not progress or not todo):
+    for spec, name in tqdm(todo, desc="fine-tune candidates", disable=None if progress and todo else True):
         out[name] = finetune_candidate(spec, name, splits, settings, device, progress)
     return {n: out[n] for n in names}
 

@@ -46,7 +46,7 @@ def extract_features(model: nn.Module, dataset, batch_size: int = 128, max_examp
     model.eval()
     feats, labels = [], []
     try:
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=None if progress else True, leave=False):
             items = [dataset[i] for i in range(start, min(n, start + batch_size))]
             images = torch.stack([item[0] for item in items]).to(device)
             if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):

@@ -124,7 +124,7 @@ def predict_logits(model: nn.Module, dataset, batch_size: int = 256, device=None
     model.eval()
     logits, labels = [], []
     try:
-        for start in tqdm(range(0, n, batch_size), desc="predict", disable=not progress, leave=False):
+        for start in tqdm(range(0, n, batch_size), desc="predict", disable=None if progress else True, leave=False):
             items = [dataset[i] for i in range(start, min(n, start + batch_size))]
             images = eval_transform(torch.stack([item[0] for item in items]).to(device), size)
             logits.append(model(images).float().cpu())
@@ -242,7 +242,7 @@ def _finetune(model, train_ds, val_ds, num_classes, config: FinetuneConfig, devi
     history: list[dict] = []
     window, window_steps = 0.0, 0
     model.train()
-    bar = tqdm(total=config.steps, desc="finetune", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=config.steps, desc="finetune", unit="step", disable=None if progress else True, dynamic_ncols=True)
     try:
         for step in range(config.steps):
             lr = learning_rate(step, config)

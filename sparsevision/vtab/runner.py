@@ -108,7 +108,7 @@ def run_suite(model, suite: str = "vtab-lite", *, tasks=None, settings: AdaptSet
     missing = find_missing(selected, data_dir)
     skip = {m.name for m in missing}
     results: list[TaskResult] = []
-    bar = tqdm(selected, desc=f"{suite} ({settings.mode})", unit="task", disable=not progress)
+    bar = tqdm(selected, desc=f"{suite} ({settings.mode})", unit="task", disable=None if progress else True)
     for task in bar:
         if task.name in skip:
             continue
