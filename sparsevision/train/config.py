@@ -21,6 +21,9 @@ class ModelConfig:
     # Constructor arguments for `create_model(name, **overrides)`. The loop fills in `num_classes` and `img_size`
     # from the data when absent, and config.json records the filled-in values so the model can be rebuilt alone.
     overrides: dict = field(default_factory=dict)
+    # Weights to start from instead of a random init (a run or checkpoint directory, or a .safetensors file from
+    # training or `sparsevision convert`, e.g. an upcycled V-MoE); they must fit the model exactly. Ignored on resume.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

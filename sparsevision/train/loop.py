@@ -31,7 +31,7 @@ from ..moe.parallel import clip_grad_norm_, load_full_optimizer_state_dict_
 from . import parallel
 from .batches import augment_batch, batch_size_of, eval_loaders, split_batch, to_device, train_loader
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, atomic_write_bytes, checkpoint_dir, latest_checkpoint,
-                         load_model_weights, load_training_state, save_checkpoint)
+                         load_model_weights, load_training_state, resolve_weights, save_checkpoint)
 from .config import TrainConfig, config_from_dict, config_to_dict, diff_configs, validate
 from .objectives import Objective, build_objective
 from .optim import build_optimizer, learning_rate, set_learning_rate
@@ -243,6 +243,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
         model = create_model(config.model.name, **config.model.overrides).to(device)
     except TypeError as err:  # a misspelt model.overrides key: report it as a bad config value
         raise ValueError(f"{err} (from model.overrides={config.model.overrides})") from err
+    if config.model.init_from and checkpoint is None:
+        load_model_weights(model, resolve_weights(config.model.init_from), strict=True)
     model, plan = parallel.prepare_model(model, ctx, config, sync_from_rank0=checkpoint is None,
                                          uses_grad_scaler=use_scaler)
     optimizer = build_optimizer(model, config.optim)  # after sharding: it holds this rank's expert shards
