@@ -18,6 +18,7 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from dispatch_grads import EXPERT_PARAMS, outputs_and_grads
 from moe_loop_reference import expert_choice_loop, top_k_loop
 from sparsevision.moe import IndexDispatcher, MoeMlp, PackedDispatcher, grouped_mm_usable
 from sparsevision.moe import grouped
@@ -212,36 +213,15 @@ def test_no_dense_dispatch_tensor_on_the_packed_path(router, kw):
     assert sizes["grouped"].numel <= packed_bound, sizes["grouped"].shape
 
 
-class PackedExperts(torch.nn.Module):
-    """`Experts.forward_packed` as a module call, so `functional_call` can swap in bf16 copies of the weights."""
-
-    def __init__(self, experts):
-        super().__init__()
-        self.experts = experts
-
-    def forward(self, buf, rows):
-        return self.experts.forward_packed(buf, rows)
-
-
 def test_bf16_matches_float32_on_the_same_routing(poisoned):
     layer = make_layer("top_k", hidden=16, k=2, capacity_factor=0.75).eval()  # bf16 alignment: multiples of 8
     groups = torch.randn(4, 16, DIM)
     with torch.no_grad():  # one routing for both runs; gradients here are those of the experts and the tokens
         routing = layer.router(groups)
-    names = ["fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"]
+    names = EXPERT_PARAMS
 
     def run(dispatcher, dtype):
-        params = {n: getattr(layer.experts, n).detach().to(dtype).requires_grad_(True) for n in names}
-        x = groups.to(dtype).clone().requires_grad_(True)
-        buf = dispatcher.dispatch(x)
-        if dispatcher.packed:
-            out = functional_call(PackedExperts(layer.experts), {f"experts.{n}": v for n, v in params.items()},
-                                  (buf, dispatcher.rows))
-        else:
-            out = functional_call(layer.experts, params, (buf,))
-        y = dispatcher.combine(out)
-        y.float().sin().sum().backward()
-        return [y.detach().float(), x.grad.float()] + [params[n].grad.float() for n in names]
+        return outputs_and_grads(layer, dispatcher, groups, dtype, lambda y: y.float().sin().sum())
 
     want = run(IndexDispatcher(routing, 16), torch.float32)
     got = run(PackedDispatcher(routing, 16), torch.bfloat16)

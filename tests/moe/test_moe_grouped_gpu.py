@@ -10,8 +10,8 @@ import os
 
 import pytest
 import torch
-from torch.func import functional_call
 
+from dispatch_grads import EXPERT_PARAMS, outputs_and_grads
 from sparsevision.moe import IndexDispatcher, MoeMlp, PackedDispatcher
 from sparsevision.moe import grouped
 
@@ -56,15 +56,6 @@ def make_layer(router="top_k", **kw) -> MoeMlp:
     return layer
 
 
-class PackedExperts(torch.nn.Module):
-    def __init__(self, experts):
-        super().__init__()
-        self.experts = experts
-
-    def forward(self, buf, rows):
-        return self.experts.forward_packed(buf, rows)
-
-
 @pytest.mark.parametrize("router, kw", [("top_k", dict(k=1, capacity_factor=1.0)),
                                         ("top_k", dict(k=2, capacity_factor=1.25, batch_priority=True)),
                                         ("expert_choice", dict(capacity_factor=1.0))])
@@ -73,21 +64,11 @@ def test_bf16_packed_matches_float32_reference(gmm_calls, router, kw):
     groups = torch.randn(GROUPS, GROUP_SIZE, DIM, device=DEVICE)
     with torch.no_grad():
         routing = layer.router(groups)
-    names = ["fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"]
+    names = EXPERT_PARAMS
     r = torch.randn(GROUPS, GROUP_SIZE, DIM, device=DEVICE)
 
     def run(dispatcher, dtype):
-        params = {n: getattr(layer.experts, n).detach().to(dtype).requires_grad_(True) for n in names}
-        x = groups.to(dtype).clone().requires_grad_(True)
-        buf = dispatcher.dispatch(x)
-        if dispatcher.packed:
-            out = functional_call(PackedExperts(layer.experts), {f"experts.{n}": v for n, v in params.items()},
-                                  (buf, dispatcher.rows))
-        else:
-            out = functional_call(layer.experts, params, (buf,))
-        y = dispatcher.combine(out)
-        (y.float() * r).sum().backward()
-        return [y.detach(), x.grad] + [params[n].grad for n in names]
+        return outputs_and_grads(layer, dispatcher, groups, dtype, lambda y: (y.float() * r).sum())
 
     want = run(IndexDispatcher(routing, GROUP_SIZE), torch.float32)
     # Twice: the second run gets recycled allocator blocks, so the undefined rows hold stale data, not zeros.
