@@ -15,7 +15,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 
@@ -140,31 +139,9 @@ def augment_batch(batch: Any, mode: str, seed: int, step: int, position: tuple[i
     """
     if mode == "none":
         return batch
+    from ..data import random_crop_flip
+
     images, *rest = batch
-    start, total = position if position is not None else (0, images.shape[0])
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 0xA46]).generate_state(1)[0]))
-    if (start, total) == (0, images.shape[0]):
-        from ..data import random_crop_flip
-
-        images = random_crop_flip(images, generator, padding=4, flip=(mode == "crop_flip"))
-    else:
-        images = _crop_flip_slice(images, generator, start, total, padding=4, flip=(mode == "crop_flip"))
+    images = random_crop_flip(images, generator, padding=4, flip=(mode == "crop_flip"), batch_slice=position)
     return type(batch)([images, *rest]) if isinstance(batch, (list, tuple)) else batch
-
-
-def _crop_flip_slice(images: torch.Tensor, generator: torch.Generator, start: int, total: int, padding: int,
-                     flip: bool, pad_value: float = -1.0) -> torch.Tensor:
-    """`random_crop_flip` of a `total`-image batch, restricted to images [start, start + len(images)): the same
-    random draws, in the same order, of which this slice uses its own (tests check it against random_crop_flip)."""
-    b, _, h, w = images.shape
-    if start < 0 or start + b > total:
-        raise ValueError(f"a slice of {b} images at {start} does not fit in a global batch of {total}")
-    offsets = torch.randint(0, 2 * padding + 1, (2, total), generator=generator)[:, start:start + b]
-    mirror = (torch.rand(total, generator=generator) < 0.5)[start:start + b] if flip else None
-    padded = F.pad(images, (padding, padding, padding, padding), value=pad_value)
-    rows = offsets[0][:, None] + torch.arange(h)  # [B, H]
-    cols = offsets[1][:, None] + torch.arange(w)  # [B, W]
-    if mirror is not None:
-        cols = torch.where(mirror[:, None], cols.flip(1), cols)
-    index = torch.arange(b)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data import augment as data_augment
+
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear (anti-aliased when shrinking) resize of a [B, C, H, W] batch to size x size; a no-op at that size."""
@@ -22,19 +24,7 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def random_crop(images: torch.Tensor, crop: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
     """A crop x crop window at a random offset per image, mirrored left-right with probability 1/2 if `flip`."""
-    b, _, h, w = images.shape
-    if crop > min(h, w):
-        raise ValueError(f"crop {crop} is larger than the images ({h}x{w})")
-    top = torch.randint(0, h - crop + 1, (b,), generator=generator)
-    left = torch.randint(0, w - crop + 1, (b,), generator=generator)
-    rows = top[:, None] + torch.arange(crop)
-    cols = left[:, None] + torch.arange(crop)
-    if flip:
-        mirror = torch.rand(b, generator=generator) < 0.5
-        cols = torch.where(mirror[:, None], cols.flip(1), cols)
-    index = torch.arange(b)[:, None, None]
-    # [B, H, W, C] gathered per image, back to [B, C, crop, crop].
-    return images.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    return data_augment.random_crop(images, (crop, crop), generator, flip=flip)
 
 
 def train_transform(images: torch.Tensor, resize: int, crop: int, generator: torch.Generator,

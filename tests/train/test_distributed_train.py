@@ -32,7 +32,7 @@ from sparsevision.distributed import DistributedContext, DistributedError, launc
 from sparsevision.models.loading import load_model
 from sparsevision.moe.parallel import expert_parallel_params
 from sparsevision.train import ClassificationObjective, apply_overrides, get_preset, read_metrics, train
-from sparsevision.train.batches import EpochBatchSampler, _crop_flip_slice, eval_loaders
+from sparsevision.train.batches import EpochBatchSampler, eval_loaders
 from sparsevision.train.checkpoint import load_training_state
 from sparsevision.train.parallel import check_batch, explain_failure, is_collective_failure
 
@@ -242,7 +242,8 @@ def test_rank_slices_of_the_data_and_augmentation_make_up_the_global_batch():
     for flip in (True, False):
         reference = random_crop_flip(images, torch.Generator().manual_seed(7), padding=4, flip=flip)
         for start in (0, 4, 8):
-            got = _crop_flip_slice(images[start:start + 4], torch.Generator().manual_seed(7), start, 12, 4, flip)
+            got = random_crop_flip(images[start:start + 4], torch.Generator().manual_seed(7), padding=4, flip=flip,
+                                   batch_slice=(start, 12))
             assert torch.equal(got, reference[start:start + 4]), (flip, start)
     with pytest.raises(ValueError, match="not divisible by the world size 5"):
         EpochBatchSampler(100, 12, seed=0, rank=0, world_size=5)
