@@ -79,17 +79,10 @@ def zeroshot_logits(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.T
 def encode_images(model, dataset, batch_size: int = 256, max_examples: int | None = None):
     """(normalised image embeddings [N, D], labels LongTensor [N]) of the first `max_examples` items; items are
     (image, label) or (image, caption, label)."""
-    n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
-    if n == 0:
-        raise ValueError("the dataset is empty")
-    device = _device(model)
-    embs, labels = [], []
-    for start in range(0, n, batch_size):
-        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        images = torch.stack([item[0] for item in items]).to(device)
-        embs.append(F.normalize(model.encode_image(images).float(), dim=-1).cpu())
-        labels += [int(item[-1]) for item in items]
-    return torch.cat(embs), torch.tensor(labels, dtype=torch.long)
+    from ..transfer.features import map_dataset
+
+    return map_dataset(model, dataset, lambda images: F.normalize(model.encode_image(images).float(), dim=-1),
+                       batch_size, max_examples, _device(model), progress=False, desc="image embeddings")
 
 
 @torch.no_grad()

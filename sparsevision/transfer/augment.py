@@ -32,10 +32,6 @@ def train_transform(images: torch.Tensor, resize: int, crop: int, generator: tor
     return random_crop(resize_images(images, resize), crop, generator, flip=flip)
 
 
-def eval_transform(images: torch.Tensor, crop: int) -> torch.Tensor:
-    return resize_images(images, crop)
-
-
 def mixup(images: torch.Tensor, labels: torch.Tensor, lam: float,
           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lam * images + (1 - lam) * images[perm], labels, labels[perm]) with perm a random permutation."""

@@ -28,8 +28,8 @@ from ..train.batches import train_loader
 from ..train.config import OptimConfig
 from ..train.loop import NonFiniteLossError
 from ..train.optim import build_optimizer, set_learning_rate
-from .augment import eval_transform, mixup, mixup_cross_entropy, train_transform
-from .features import extract_features, model_image_size
+from .augment import mixup, mixup_cross_entropy, train_transform
+from .features import extract_features, map_dataset, model_image_size
 from .hyperrule import FinetuneConfig, learning_rate, resize_for_crop
 from .linear_probe import select_logistic_head
 from .resolution import with_resolution
@@ -106,32 +106,14 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-@torch.no_grad()
 def predict_logits(model: nn.Module, dataset, batch_size: int = 256, device=None, progress: bool = True,
                    max_examples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits float32 [N, C] on the CPU, labels int64 [N]) of the first `max_examples` items, in eval mode.
 
     Images are resized to the model's input resolution (BiT's evaluation pre-processing) when they differ.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(dataset) if max_examples is None else min(len(dataset), int(max_examples))
-    if n == 0:
-        raise ValueError("cannot predict on an empty dataset")
-    device = _resolve_device(device, model)
-    size = model_image_size(model)
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    try:
-        for start in tqdm(range(0, n, batch_size), desc="predict", disable=None if progress else True, leave=False):
-            items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-            images = eval_transform(torch.stack([item[0] for item in items]).to(device), size)
-            logits.append(model(images).float().cpu())
-            labels += [int(item[-1]) for item in items]
-    finally:
-        model.train(was_training)
-    return torch.cat(logits), torch.tensor(labels, dtype=torch.long)
+    return map_dataset(model, dataset, model, batch_size, max_examples, _resolve_device(device, model), progress,
+                       "predict", model_image_size(model))
 
 
 def _check_inputs(model: nn.Module, train_ds, val_ds, num_classes: int, mode: str) -> None:

@@ -4,8 +4,7 @@ import math
 import numpy as np
 import torch
 
-from sparsevision.transfer.augment import (eval_transform, mixup, mixup_cross_entropy, random_crop,
-                                           resize_images, train_transform)
+from sparsevision.transfer.augment import mixup, mixup_cross_entropy, random_crop, resize_images, train_transform
 
 
 def test_mixup_mixes_each_image_with_its_partner():
@@ -47,7 +46,7 @@ def test_random_crop_takes_windows_and_flips():
 def test_train_and_eval_transforms():
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert train_transform(images, 40, 32, torch.Generator().manual_seed(1), flip=False).shape == (2, 3, 32, 32)
-    assert eval_transform(images, 32) is images  # already at the crop size
+    assert resize_images(images, 32) is images  # evaluation at the crop size: nothing to resize
     # a constant image stays constant under the resize
     const = torch.full((1, 3, 8, 8), 0.25)
     assert torch.allclose(resize_images(const, 20), torch.full((1, 3, 20, 20), 0.25))
