@@ -10,7 +10,7 @@ from .calibration import (aurc, brier_score, calibration_report, excess_aurc, ex
                           max_calibration_error, negative_log_likelihood, reliability_bins, risk_coverage_curve,
                           to_probs, top_label)
 from .fewshot import (DEFAULT_L2_GRID, DEFAULT_SHOTS, RidgeSolver, fewshot_eval, fit_linear_probe, pm1_targets,
-                      ridge_fit, sample_shots, select_l2_by_mean_rank)
+                      ridge_fit, ridge_l2_search, sample_shots, select_l2_by_mean_rank)
 from .knn import knn_accuracy, knn_loo_accuracy, knn_predict
 from .plots import bar_plot, reliability_diagram, risk_coverage_plot
 
@@ -19,7 +19,7 @@ __all__ = [
     "max_calibration_error", "negative_log_likelihood", "reliability_bins", "risk_coverage_curve", "to_probs",
     "top_label",
     "DEFAULT_L2_GRID", "DEFAULT_SHOTS", "RidgeSolver", "fewshot_eval", "fit_linear_probe", "pm1_targets",
-    "ridge_fit", "sample_shots", "select_l2_by_mean_rank",
+    "ridge_fit", "ridge_l2_search", "sample_shots", "select_l2_by_mean_rank",
     "knn_accuracy", "knn_loo_accuracy", "knn_predict",
     "bar_plot", "reliability_diagram", "risk_coverage_plot",
 ]

@@ -204,6 +204,25 @@ def _grid_accuracies(solver: RidgeSolver, x: np.ndarray, y: np.ndarray, grid: Se
     return out
 
 
+def ridge_l2_search(train_feats, train_labels, val_feats, val_labels, num_classes: int,
+                    l2_grid: Sequence[float] = DEFAULT_L2_GRID) -> tuple[float, list[float]]:
+    """(best l2, validation accuracy per l2) of the official ridge classifier (whitened on the training features)
+    fitted once on the training set, the whole grid from one eigendecomposition; ties go to the larger l2."""
+    grid = [_check_l2(l2) for l2 in l2_grid]
+    if not grid:
+        raise ValueError("l2_grid is empty")
+    x = _as_float64(train_feats, "train_feats", 2)
+    y = _as_labels(train_labels, "train_labels", x.shape[0])
+    x_val = _as_float64(val_feats, "val_feats", 2)
+    y_val = _as_labels(val_labels, "val_labels", x_val.shape[0])
+    if x_val.shape[0] == 0:
+        raise ValueError("val_feats is empty")
+    mean, std = _standardizer(x)
+    solver = RidgeSolver((x - mean) / std, pm1_targets(y, num_classes))
+    accuracies = _grid_accuracies(solver, (x_val - mean) / std, y_val, grid)
+    return _pick_l2(grid, accuracies), accuracies
+
+
 def fewshot_eval(train_feats, train_labels, test_feats, test_labels, shots: Sequence[int] = DEFAULT_SHOTS,
                  l2_grid: Sequence[float] = DEFAULT_L2_GRID, seed: int = 0, num_classes: int | None = None,
                  l2_selection: str = "holdout", val_per_class: int | None = None, val_feats=None,

@@ -9,7 +9,7 @@ Three kinds, after Renggli et al. 2022 ("Which Model to Transfer? Finding the Ne
   raw pre-logits features. `mode="holdout"` instead fits on a stratified part of the training split and scores the
   held-out rest (`holdout_split`). k, metric and mode are options; the defaults are our reading of the papers.
 * task-aware "linear": accuracy of the few-shot ridge classifier (`sparsevision.evaluate.fewshot.
-  fit_linear_probe`: standardised features, +-1 targets, closed form) fitted on the fit part of the training split
+  ridge_l2_search`: standardised features, +-1 targets, closed form) fitted on the fit part of the training split
   and scored on its held-out part; the l2 penalty is the grid value with the best held-out accuracy (ties to the
   larger l2). A closed-form stand-in for the papers' "linear evaluation" proxy (a logistic-regression head trained
   on frozen features), cheap enough to run on every candidate.
@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..evaluate.fewshot import fit_linear_probe
+from ..evaluate.fewshot import ridge_l2_search
 from ..evaluate.knn import knn_accuracy, knn_loo_accuracy
 
 PROXIES = ("knn", "linear", "upstream")
@@ -112,13 +112,8 @@ def linear_proxy(feats, labels, num_classes: int | None = None, l2_grid: Sequenc
         raise ValueError(f"feats must be [N, D] with one row per label, got {x.shape} for {y.size} labels")
     num_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
     fit_idx, held_idx = holdout_split(y, holdout_fraction, seed)
-    best = (-1.0, 0.0)
-    for l2 in sorted(float(v) for v in l2_grid):
-        w, b = fit_linear_probe(x[fit_idx], y[fit_idx], num_classes, l2)
-        accuracy = float(np.mean(np.argmax(x[held_idx] @ w + b, axis=1) == y[held_idx]))
-        if accuracy >= best[0]:  # ties go to the larger l2, the more regularised classifier
-            best = (accuracy, float(l2))
-    return best
+    l2, accuracies = ridge_l2_search(x[fit_idx], y[fit_idx], x[held_idx], y[held_idx], num_classes, l2_grid)
+    return max(accuracies), float(l2)
 
 
 # ------------------------------------------------------------------------------------------ task-agnostic scores

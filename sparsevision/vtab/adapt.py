@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..evaluate.fewshot import DEFAULT_L2_GRID, STD_EPS, RidgeSolver, fit_linear_probe, pm1_targets
+from ..evaluate.fewshot import DEFAULT_L2_GRID, fit_linear_probe, ridge_l2_search
 from ..transfer.features import extract_features
 from .data import TaskData
 
@@ -81,15 +81,8 @@ def ridge_adapt(model, data: TaskData, settings: AdaptSettings, device=None, pro
     x_val, y_val = _numpy(extract_features(model, data.val200, desc="val200 features", **kw))
     x_test, y_test = _numpy(extract_features(model, data.test, desc="test features", **kw))
     c = data.num_classes
-    mean, std = x_train.mean(0), x_train.std(0) + STD_EPS  # the official whitening by the fitted set's statistics
-    solver = RidgeSolver((x_train - mean) / std, pm1_targets(y_train, c))
-    val_scaled = (x_val - mean) / std
-    val_accs = []
-    for l2 in settings.l2_grid:
-        w, b = solver.weights(l2)
-        val_accs.append(_accuracy(val_scaled @ w + b, y_val))
+    l2, val_accs = ridge_l2_search(x_train, y_train, x_val, y_val, c, settings.l2_grid)
     best = max(val_accs)
-    l2 = max(l2 for l2, acc in zip(settings.l2_grid, val_accs) if acc == best)
     w, b = fit_linear_probe(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]), c, l2)
     return Adapted(_accuracy(x_test @ w + b, y_test), best, {"l2": float(l2)},
                    {"feature_dim": int(x_train.shape[1])})

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from sparsevision.evaluate.fewshot import (fewshot_eval, fit_linear_probe, pm1_targets, ridge_fit, sample_shots,
-                                           select_l2_by_mean_rank)
+from sparsevision.evaluate.fewshot import (fewshot_eval, fit_linear_probe, pm1_targets, ridge_fit, ridge_l2_search,
+                                           sample_shots, select_l2_by_mean_rank)
 
 
 def official_predict(x_tr, y_tr, x_te, num_classes, l2):
@@ -176,3 +176,18 @@ def test_select_l2_by_mean_rank_follows_vmoe_rule():
     assert out == {5: 1.0}
     with pytest.raises(ValueError, match="same l2 grid"):
         select_l2_by_mean_rank({"a": mk([0.1, 0.2, 0.3]), "b": {5: {"l2_grid": [1.0], "test_accuracy_per_l2": [1]}}})
+
+
+def test_ridge_l2_search_matches_one_fit_per_l2():
+    # One eigendecomposition for the grid must equal solving each l2 on its own (folded weights, raw features).
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(60, 7)) * rng.uniform(0.1, 10, 7), rng.integers(0, 3, 60)
+    xv, yv = rng.normal(size=(40, 7)) * 3, rng.integers(0, 3, 40)
+    grid = [2.0 ** i for i in range(-6, 12, 2)]
+    best, accs = ridge_l2_search(x, y, xv, yv, 3, grid)
+    expected = []
+    for l2 in grid:
+        w, b = fit_linear_probe(x, y, 3, l2)
+        expected.append(float(np.mean(np.argmax(xv @ w + b, axis=1) == yv)))
+    assert accs == pytest.approx(expected)
+    assert best == max(l2 for l2, a in zip(grid, expected) if a == max(expected))
