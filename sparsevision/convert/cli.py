@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..models import create_model
-    from ..models import vmoe  # noqa: F401  (registers the MoE models)
     from ..train.checkpoint import save_model_weights
     from .upcycle import dense_twin, upcycle_vit_to_moe
 

@@ -110,17 +110,16 @@ def evaluate_capacity_factors(model: nn.Module, data, capacity_factors: Sequence
 def save_capacity_results(results: Sequence[CapacityResult], json_path, plot_path=None, title: str = "",
                           info: dict | None = None) -> None:
     """Write the results as JSON (with `info`, e.g. model and data names) and, optionally, an accuracy plot."""
-    with open(json_path, "w") as f:
-        json.dump({**(info or {}), "results": [asdict(r) for r in results]}, f, indent=2)
+    from ..train.checkpoint import atomic_write_bytes
+    from ..utils.figures import new_figure, save_figure
+
+    payload = {**(info or {}), "results": [asdict(r) for r in results]}
+    atomic_write_bytes(json_path, json.dumps(payload, indent=2).encode())
     if plot_path is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     factors = [r.capacity_factor for r in results]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = new_figure((4.5, 3.2))
+    ax = fig.subplots()
     ax.plot(factors, [100 * r.accuracy for r in results], "o-", color="C0")
     ax.set_xlabel("eval capacity factor")
     ax.set_ylabel("top-1 accuracy (%)", color="C0")
@@ -130,5 +129,4 @@ def save_capacity_results(results: Sequence[CapacityResult], json_path, plot_pat
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(plot_path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, plot_path, dpi=120)

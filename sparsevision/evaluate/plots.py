@@ -6,35 +6,14 @@ so a reader never sees half a PNG.
 """
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from ..utils.figures import new_figure, save_figure
 from .calibration import (DEFAULT_NUM_BINS, aurc, expected_calibration_error, reliability_bins,
                           risk_coverage_curve, top_label)
-
-
-def _new_figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
 
 
 def reliability_diagram(probs_or_logits, labels, path, num_bins: int = DEFAULT_NUM_BINS, title: str = "",
@@ -47,7 +26,7 @@ def reliability_diagram(probs_or_logits, labels, path, num_bins: int = DEFAULT_N
     full = np.array([n > 0 for n in bins["count"]])
     acc = np.array([a if a is not None else 0.0 for a in bins["accuracy"]])
     conf = np.array([c if c is not None else 0.0 for c in bins["confidence"]])
-    fig = _new_figure((5, 6))
+    fig = new_figure((5, 6))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = upper - lower
     top.bar(lower[full], acc[full], width=width[full], align="edge", color="tab:blue", edgecolor="black",
@@ -65,14 +44,14 @@ def reliability_diagram(probs_or_logits, labels, path, num_bins: int = DEFAULT_N
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def risk_coverage_plot(predictions: Mapping[str, tuple], path, title: str = "", inputs: str = "auto") -> Path:
     """One risk-coverage curve per entry of {name: (probs_or_logits, labels)}, AURC in the legend."""
     if not predictions:
         raise ValueError("predictions is empty: give {name: (probs_or_logits, labels)}")
-    fig = _new_figure((6, 4.5))
+    fig = new_figure((6, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     for name, pair in predictions.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -89,7 +68,7 @@ def risk_coverage_plot(predictions: Mapping[str, tuple], path, title: str = "", 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bar_plot(values: Mapping[str, float], path, title: str = "", ylabel: str = "", sort: bool = False,
@@ -104,7 +83,7 @@ def bar_plot(values: Mapping[str, float], path, title: str = "", ylabel: str = "
     if sort:
         items.sort(key=lambda kv: kv[1], reverse=True)
     names, heights = [k for k, _ in items], [float(v) for _, v in items]
-    fig = _new_figure((max(4.0, 0.6 * len(names) + 1.5), 4.5))
+    fig = new_figure((max(4.0, 0.6 * len(names) + 1.5), 4.5))
     ax = fig.add_subplot(1, 1, 1)
     bars = ax.bar(range(len(names)), heights, color="tab:blue", edgecolor="black")
     ax.bar_label(bars, labels=[fmt.format(h) for h in heights], fontsize=8)
@@ -116,4 +95,4 @@ def bar_plot(values: Mapping[str, float], path, title: str = "", ylabel: str = "
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -66,16 +66,14 @@ def plot_routing_heatmaps(counts: Sequence[torch.Tensor], path, class_names: Seq
 
     normalize: "class" (each column sums to 1: which experts a class uses, as the paper), "expert" (rows) or "none".
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..utils.figures import new_figure, save_figure
 
     if normalize not in ("class", "expert", "none"):
         raise ValueError(f"normalize must be 'class', 'expert' or 'none', got {normalize!r}")
     if not counts:
         raise ValueError("no routing counts to plot")
-    fig, axes = plt.subplots(1, len(counts), figsize=(3.2 * len(counts), 3.2), squeeze=False)
+    fig = new_figure((3.2 * len(counts), 3.2))
+    axes = fig.subplots(1, len(counts), squeeze=False)
     for index, (ax, table) in enumerate(zip(axes[0], counts)):
         table = table.double()
         if normalize == "class":
@@ -93,8 +91,7 @@ def plot_routing_heatmaps(counts: Sequence[torch.Tensor], path, class_names: Seq
     label = {"class": "share of the class's patches", "expert": "share of the expert's patches",
              "none": "patches"}[normalize]
     fig.colorbar(image, ax=list(axes[0]), label=label)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 ROUTING_PLOT, ROUTING_JSON = "routing.png", "routing.json"

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..evaluate.plots import _new_figure, _save
+from ..utils.figures import new_figure, save_figure
 
 
 def _panels(count: int, width: float = 4.2, height: float = 3.8):
-    fig = _new_figure((max(width, width * count), height))
+    fig = new_figure((max(width, width * count), height))
     axes = fig.subplots(1, count, squeeze=False)[0]
     return fig, axes
 
@@ -47,7 +47,7 @@ def proxy_scatter(scores: Mapping[str, Mapping[str, float]], finetuned: Mapping[
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def proxy_bars(scores: Mapping[str, Mapping[str, float]], path, title: str = "") -> Path:
@@ -66,14 +66,14 @@ def proxy_bars(scores: Mapping[str, Mapping[str, float]], path, title: str = "")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ensemble_path_plot(loss_path: Sequence[float], best_single_loss: float, path, title: str = "") -> Path:
     """Validation cross-entropy after each greedy pick, against the best single model's."""
     if not loss_path:
         raise ValueError("the loss path is empty")
-    fig = _new_figure((5, 3.8))
+    fig = new_figure((5, 3.8))
     ax = fig.add_subplot(1, 1, 1)
     sizes = list(range(1, len(loss_path) + 1))
     ax.plot(sizes, loss_path, marker="o", label="greedy ensemble")
@@ -86,4 +86,4 @@ def ensemble_path_plot(loss_path: Sequence[float], best_single_loss: float, path
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

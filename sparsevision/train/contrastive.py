@@ -20,7 +20,6 @@ tokens (the paper's Fig. 6-style modality analysis).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -30,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import limoe as _limoe, two_tower as _two_tower  # noqa: F401  (registers the image-text models)
 from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from .objectives import Objective, moe_metrics, register_objective
 from .presets import register_preset
@@ -160,10 +158,7 @@ def plot_modality_experts(counts: dict, path: str | os.PathLike, normalize_modal
     counts by its total first, so the bars compare routing preferences rather than raw traffic (images have many
     more tokens than captions). Experts that received no tokens get an empty bar.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .checkpoint import atomic_write_bytes
+    from ..utils.figures import new_figure, save_figure
 
     if not counts:
         raise ValueError("plot_modality_experts needs counts for at least one modality")
@@ -178,8 +173,7 @@ def plot_modality_experts(counts: dict, path: str | os.PathLike, normalize_modal
         arrays = {m: a / np.maximum(a.sum(-1, keepdims=True), 1e-12) for m, a in arrays.items()}
     num_layers, num_experts = next(iter(shapes))
     totals = sum(arrays.values())
-    fig = Figure(figsize=(max(4.0, 0.5 * num_experts + 2), 2.6 * num_layers), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(4.0, 0.5 * num_experts + 2), 2.6 * num_layers))
     colors = {"image": "tab:blue", "text": "tab:orange"}
     for layer in range(num_layers):
         ax = fig.add_subplot(num_layers, 1, layer + 1)
@@ -196,11 +190,7 @@ def plot_modality_experts(counts: dict, path: str | os.PathLike, normalize_modal
     fig.axes[-1].set_xlabel("expert")
     fig.suptitle("tokens per expert by modality" + (" (per-modality normalised)" if normalize_modalities else ""))
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 register_objective("contrastive", lambda config: ContrastiveObjective(**config.objective_args))

@@ -5,11 +5,9 @@ pyplot backend of a program that imports sparsevision.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
 
 PLOT_FILE = "curves.png"
 _STYLE = {"train": dict(color="tab:blue", lw=1.0, alpha=0.8), "val": dict(color="tab:orange", lw=1.5, marker="o",
@@ -18,11 +16,9 @@ _STYLE = {"train": dict(color="tab:blue", lw=1.0, alpha=0.8), "val": dict(color=
 
 def plot_metrics(records: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Two panels (loss, accuracy) against step, one line per split; written atomically to `path`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..utils.figures import new_figure, save_figure
 
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure((10, 4))
     for panel, key in enumerate(("loss", "accuracy")):
         ax = fig.add_subplot(1, 2, panel + 1)
         for split, style in _STYLE.items():
@@ -41,8 +37,4 @@ def plot_metrics(records: list[dict], path: str | os.PathLike, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path)

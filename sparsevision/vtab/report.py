@@ -1,7 +1,6 @@
 """A suite's result for people and programs: a table on stdout, a JSON file and a bar plot (atomic writes)."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -62,16 +61,13 @@ def save_json(result: SuiteResult, path) -> Path:
 def bar_plot(result: SuiteResult, path) -> Path:
     """One bar per task in suite order, coloured by group; missing tasks as hatched placeholders; dashed lines at
     the group means; the overall mean in the title."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from ..train.checkpoint import atomic_write_bytes
+    from ..utils.figures import new_figure, save_figure
 
     tasks = select_tasks(result.suite, result.settings["tasks"])
     by_name = {r.name: r for r in result.tasks}
-    fig = Figure(figsize=(max(5.0, 0.55 * len(tasks) + 2.0), 4.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(5.0, 0.55 * len(tasks) + 2.0), 4.8))
     ax = fig.add_subplot(1, 1, 1)
     for i, task in enumerate(tasks):
         color = GROUP_COLORS[task.group]
@@ -100,9 +96,4 @@ def bar_plot(result: SuiteResult, path) -> Path:
     ax.set_title(f"{result.suite} ({result.settings.get('mode')}){' ' + result.model if result.model else ''}: "
                  f"overall {_pct(overall.mean)}% ({_count(overall)})", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path)
