@@ -123,7 +123,10 @@ class ContrastiveObjective(Objective):
         counts = modality_counts(model, self._val, self.modality_examples)
         if counts is None:
             return None
-        Path(run_dir, MODALITY_JSON).write_text(json.dumps({k: v.tolist() for k, v in counts.items()}))
+        from .checkpoint import atomic_write_bytes
+
+        payload = json.dumps({k: v.tolist() for k, v in counts.items()}).encode()
+        atomic_write_bytes(Path(run_dir, MODALITY_JSON), payload)
         return plot_modality_experts(counts, Path(run_dir) / MODALITY_PLOT)
 
 
