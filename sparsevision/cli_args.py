@@ -66,15 +66,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(text: str):
-    """torch.device for `--device`; 'auto' picks CUDA when available. A CUDA request without CUDA is an error."""
-    import torch
+    """torch.device for `--device` (see `sparsevision.utils.device.resolve_device`)."""
+    from .utils.device import resolve_device as resolve
 
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text} but CUDA is not available here; use cpu or auto")
-    return device
+    return resolve(text, "--device")

@@ -28,6 +28,7 @@ import torch
 
 from ..distributed import DistributedContext, barrier, teardown_distributed, wrap_ddp
 from ..moe.parallel import clip_grad_norm_, load_full_optimizer_state_dict_
+from ..utils.device import resolve_device
 from . import parallel
 from .batches import augment_batch, batch_size_of, eval_loaders, split_batch, to_device, train_loader
 from .checkpoint import (CONFIG_FILE, MODEL_FILE, atomic_write_bytes, checkpoint_dir, latest_checkpoint,
@@ -52,14 +53,6 @@ class TrainResult:
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss (or gradient norm) stops being finite; the last good checkpoint is left in place."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available; use device=cpu or auto")
-    return torch.device(name)
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:

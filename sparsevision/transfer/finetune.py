@@ -28,6 +28,7 @@ from ..train.batches import train_loader
 from ..train.config import OptimConfig
 from ..train.loop import NonFiniteLossError
 from ..train.optim import build_optimizer, set_learning_rate
+from ..utils.device import resolve_device
 from .augment import mixup, mixup_cross_entropy, train_transform
 from .features import extract_features, map_dataset, model_image_size
 from .hyperrule import FinetuneConfig, learning_rate, resize_for_crop
@@ -92,12 +93,7 @@ def replace_head(model: nn.Module, num_classes: int, zero_init: bool = True) -> 
 def _resolve_device(device, model: nn.Module) -> torch.device:
     if device is None:
         return next(model.parameters()).device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device} but CUDA is not available; use cpu or auto")
-    return device
+    return resolve_device(device)
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
