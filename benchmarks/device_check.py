@@ -6,14 +6,18 @@ Steps (each a subprocess with its own time limit, so one hang or crash does not 
     layer       benchmarks/moe_layer.py at the issue's shapes: 50,176 tokens (256 x 196), D=768, H=3072,
                 E in {8, 32}, k in {1, 2}, cf in {1.0, 1.25}, bf16 parameters: dense, index, grouped, einsum, soft,
                 plus the 8192^3 matmul peak line
-    autocast    the same with fp32 parameters under bf16 autocast (what training does): dense, index, grouped
+    peers       the same shapes: dense, grouped, soft, the naive per-expert loop and the PyTorch MoE packages
+                (mixture-of-experts, st-moe-pytorch, soft-moe-pytorch), installed from the wheels under .whl/
+                (benchmarks/fetch_peer_wheels.sh; the device tool carries them with carry=[".whl"])
+    train       benchmarks/train_step.py, S/16 and B/16 at batch 64, V-MoE with index and grouped dispatch
+    autocast    the layer step with fp32 parameters under bf16 autocast (what training does): dense, index, grouped
     groups      V-MoE's 8-image routing groups (--group-size 1568): dense, index, grouped
     gmm         the expert matmuls alone: dense mm vs torch._grouped_mm (weights as stored and K-major) vs padded
                 bmm, forward and weight-gradient shapes, 50,176 and 100,352 rows, E in {8, 32}
     profile     torch.profiler table of one fwd+bwd of the grouped and the index layer (E=8, k=2, cf=1.25)
-    train       benchmarks/train_step.py, S/16 and B/16 at batch 64, V-MoE with index and grouped dispatch
-Then a summary table (printed last). Files under --out: device_check.log, pytest_gpu.xml, moe_layer_bf16.json,
-moe_layer_autocast.json, moe_layer_groups.json, gmm.json, profile.txt, train_step.json (8 files).
+Steps run in this order until --budget is spent. Then a summary table (printed last). Files under --out:
+device_check.log, pytest_gpu.xml, moe_layer_bf16.json, moe_layer_peers.json, train_step.json,
+moe_layer_autocast.json, moe_layer_groups.json, gmm.json, profile.txt (9 files).
 
 `--cpu-smoke` runs the benchmark steps in-process at tiny shapes on the CPU (no pytest: the suite runs those tests
 itself); tests/test_benchmarks.py covers it.
@@ -23,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,14 +61,17 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
     plan = [
         ("layer", 110, layer + ["--impls", "dense", "index", "grouped", "einsum", "soft", "--peak-size",
                                 "256" if smoke else "8192", "--json", str(out / "moe_layer_bf16.json")]),
+        # The naive loop and the PyTorch MoE packages (from .whl/, see peer_site) against the same dense rows.
+        ("peers", 90, layer + ["--impls", "dense", "grouped", "soft", "loop", "peers", "--peak-size", "0",
+                               "--json", str(out / "moe_layer_peers.json")]),
         ("autocast", 60, layer + fast + ["--autocast", "--dtype", "bf16",
                                          "--json", str(out / "moe_layer_autocast.json")]),
         ("groups", 60, layer + fast + ["--group-size", "256" if smoke else "1568",
                                        "--json", str(out / "moe_layer_groups.json")]),
         ("gmm", 40, kernels),
         ("profile", 40, profile),
-        ("train", 100, train),
     ]
+    plan.insert(2, ("train", 100, train))
     if not smoke:
         # The CPU MoE suite too (the machine's torch may differ from CI's), less the multi-process parallel tests.
         tests = ["-m", "pytest", "-q", "-rs", str(ROOT / "tests/moe"),
@@ -72,16 +81,34 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
     return plan
 
 
-def run_step(name: str, limit: int, argv: list[str], log, smoke: bool) -> dict:
+def peer_site(wheels: Path, log) -> str | None:
+    """Install the wheels in `wheels` (benchmarks/fetch_peer_wheels.sh) into a temporary folder and return it, for
+    the `peers` step's PYTHONPATH only; None when there are none or pip fails (the rows then say "not installed")."""
+    files = sorted(wheels.glob("*.whl"))
+    if not files:
+        log.write(f"peers: no wheels under {wheels} (benchmarks/fetch_peer_wheels.sh), peer rows will be skipped\n")
+        return None
+    site = tempfile.mkdtemp(prefix="sparsevision-peers-")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                           "--target", site, *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    log.write(f"peers: pip install of {len(files)} wheels into {site}: exit {proc.returncode}\n{proc.stdout}")
+    return site if proc.returncode == 0 else None
+
+
+def run_step(name: str, limit: int, argv: list[str], log, smoke: bool, extra_path: str | None = None) -> dict:
     start = time.monotonic()
     log.write(f"\n===== {name}: python {' '.join(argv)}\n")
     log.flush()
     if smoke:  # in-process: import the script and call its main
         status = _run_in_process(argv)
     else:
+        env = dict(os.environ)
+        if extra_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
         try:
             proc = subprocess.run([sys.executable, *argv], cwd=ROOT, timeout=limit, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+                                  stderr=subprocess.STDOUT, text=True, env=env)
             log.write(proc.stdout)
             print(proc.stdout[-4000:], flush=True)
             status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
@@ -261,6 +288,18 @@ def summarize(out: Path, results: list[dict] | None = None) -> str:
             dropped = by.get(("grouped", e, k, cf), {}).get("dropped")
             lines.append(f"  {e:>3} {k:>2} {cf:>5} {_fmt(dropped):>8} {_fmt(get('index')):>7} "
                          f"{_fmt(get('grouped')):>8} {_fmt(get('einsum')):>7}  {_fmt(get('soft', None)):>6}")
+    peers = _load(out / "moe_layer_peers.json")
+    if peers:
+        lines.append("against the naive loop and the PyTorch MoE packages (same run's dense rows), vs dense:")
+        skipped = sorted({r["note"] for r in peers["rows"] if r.get("note") and "ms" not in r})
+        for e, k, cf in sorted({(r["experts"], r["k"], r["capacity_factor"]) for r in peers["rows"]
+                                if r["impl"] not in ("dense", "loop") and "ms" in r},
+                               key=lambda c: tuple(-1 if v is None else v for v in c)):
+            cells = [f"{r['impl']} {_fmt(r.get('vs_dense'))}" for r in peers["rows"]
+                     if (r["experts"], r["k"]) == (e, k) and r["capacity_factor"] in (cf, None) and "ms" in r
+                     and r["impl"] != "dense"]
+            lines.append(f"  E{e} k{'-' if k is None else k} cf{cf}: " + ", ".join(cells))
+        lines += [f"  skipped: {note}" for note in skipped]
     for name, title in (("moe_layer_autocast.json", "autocast (fp32 params)"),
                         ("moe_layer_groups.json", "8-image groups")):
         data = _load(out / name)
@@ -303,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=480.0,
                         help="seconds for all steps together: a step gets min(its limit, what is left); steps that "
                              "would get under 15 s are skipped (default 480, so one device call stays under 10 min)")
-    parser.add_argument("--only", nargs="+", help="run only these steps: tests layer autocast groups gmm profile train")
+    parser.add_argument("--only", nargs="+",
+                        help="run only these steps: tests layer peers train autocast groups gmm profile")
+    parser.add_argument("--wheels", default=str(ROOT / ".whl"),
+                        help="wheels of the peer packages for the peers step (benchmarks/fetch_peer_wheels.sh)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             if left < 15:
                 results.append({"step": name, "status": "skipped (budget spent)", "seconds": 0.0})
                 continue
-            results.append(run_step(name, int(min(limit, left)), step_argv, log, args.cpu_smoke))
+            site = peer_site(Path(args.wheels), log) if name == "peers" and not args.cpu_smoke else None
+            results.append(run_step(name, int(min(limit, left)), step_argv, log, args.cpu_smoke, site))
         text = summarize(out, results)
         log.write("\n===== summary\n" + text + "\n")
     print("\n===== summary\n" + text, flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check of the MoE fast path in one call (about 5 minutes on an H100 / H200), see benchmarks/README.md:
+# The GPU check of the MoE fast path in one call (about 6 minutes on an H100 / H200), see benchmarks/README.md:
 #     bash benchmarks/device_check.sh                 # results under $OUT, else benchmarks/results/device_check
-#     bash benchmarks/device_check.sh --only layer    # some steps: tests layer autocast groups gmm profile train
+#     bash benchmarks/device_check.sh --only layer    # some steps: tests layer peers train autocast groups gmm profile
 #     bash benchmarks/device_check.sh --cpu-smoke     # tiny shapes on the CPU (what tests/test_benchmarks.py runs)
 # Exits 2 at once when torch sees no CUDA device (unless --cpu-smoke); 1 when a step failed; 0 otherwise.
 set -uo pipefail

@@ -22,7 +22,6 @@ import math
 import torch
 
 from sparsevision import create_model
-from sparsevision.models import vmoe  # noqa: F401  (registers the V-MoE names)
 from sparsevision.moe.parallel import EXPERT_PARAMS
 
 SIZES = {"S/16": "vmoe_s16", "B/16": "vmoe_b16", "L/16": "vmoe_l16", "H/14": "vmoe_h14"}

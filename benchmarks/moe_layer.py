@@ -35,7 +35,6 @@ torch.autocast (as mixed-precision training does; it adds the weight casts to ev
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 

@@ -38,7 +38,6 @@ from sparsevision.distributed import (DistributedContext, setup_distributed, tea
                                       wrap_ddp)
 from sparsevision.moe import MoeMlp  # noqa: E402
 from sparsevision.moe.parallel import shard_experts_  # noqa: E402
-from sparsevision.models import vmoe  # noqa: E402,F401  (registers the V-MoE names)
 from sparsevision.utils.flops import count_flops  # noqa: E402
 
 PAIRS = {"S/16": "vmoe_s16", "S/32": "vmoe_s32", "B/16": "vmoe_b16", "B/32": "vmoe_b32", "L/16": "vmoe_l16",

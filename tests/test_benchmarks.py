@@ -96,13 +96,41 @@ def test_device_check_fails_fast_without_cuda():
 def test_device_check_cpu_smoke(tmp_path, capsys):
     rc = _load("device_check").main(["--cpu-smoke", "--out", str(tmp_path)])
     assert rc == 0
-    for name in ("moe_layer_bf16.json", "moe_layer_autocast.json", "moe_layer_groups.json", "train_step.json",
-                 "profile.txt", "device_check.log"):
+    for name in ("moe_layer_bf16.json", "moe_layer_peers.json", "moe_layer_autocast.json", "moe_layer_groups.json",
+                 "train_step.json", "profile.txt", "device_check.log"):
         assert (tmp_path / name).stat().st_size > 0, name
     layer = json.loads((tmp_path / "moe_layer_bf16.json").read_text())
     assert {r["impl"] for r in layer["rows"]} == {"dense", "index", "grouped", "einsum", "soft"}
+    peers = json.loads((tmp_path / "moe_layer_peers.json").read_text())
+    assert {"dense", "grouped", "loop"} <= {r["impl"] for r in peers["rows"] if "ms" in r}
+    assert {"mixture-of-experts", "st-moe-pytorch", "soft-moe-pytorch"} <= {r["impl"] for r in peers["rows"]}
     train = json.loads((tmp_path / "train_step.json").read_text())
     assert [r["dispatcher"] for r in train["rows"]] == [None, "index", "grouped"]
     assert "aten::_grouped_mm" in (tmp_path / "profile.txt").read_text()
     summary = capsys.readouterr().out.split("===== summary")[-1]
-    assert "grouped" in summary and "steps: layer ok" in summary and "train ok" in summary
+    assert "grouped" in summary and "steps: layer ok (0 s), peers ok (0 s), train ok" in summary
+    assert "against the naive loop and the PyTorch MoE packages" in summary and "loop " in summary
+
+
+def test_device_check_peer_site_installs_wheels_for_one_step(tmp_path):
+    """The peers step imports packages from wheels installed into a temporary folder on its PYTHONPATH only."""
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    name = "sparsevision_peer_probe"
+    with zipfile.ZipFile(wheels / f"{name}-1.0-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{name}.py", "VALUE = 41 + 1\n")
+        info = f"{name}-1.0.dist-info"
+        whl.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{info}/RECORD", "")
+    device_check = _load("device_check")
+    with open(tmp_path / "log", "w") as log:
+        assert device_check.peer_site(tmp_path / "empty", log) is None
+        site = device_check.peer_site(wheels, log)
+        assert site and (Path(site) / f"{name}.py").exists()
+        probe = tmp_path / "probe.py"
+        probe.write_text(f"import {name}\nassert {name}.VALUE == 42\n")
+        assert device_check.run_step("probe", 60, [str(probe)], log, smoke=False, extra_path=site)["status"] == "ok"
+        assert device_check.run_step("probe", 60, [str(probe)], log, smoke=False)["status"] == "exit 1"
