@@ -104,8 +104,9 @@ class VisionMoE(VisionTransformer):
 
     MoE arguments (see `sparsevision.moe.MoeMlp`): num_experts, k (experts per token, top-k only), router
     ("top_k" | "expert_choice" | "soft"), capacity_factor / eval_capacity_factor (buffers sized by
-    `moe.compute_capacity` with capacity_ceil_or_round and capacity_multiple_of), group_size (tokens routed
-    together; None = each image alone, V-MoE used 8 images' tokens), batch_priority (BPR), noise_std (None = the
+    `moe.compute_capacity` with capacity_ceil_or_round and capacity_multiple_of), group_images / group_size (images
+    or tokens routed together; neither = each image alone; the registered V-MoE models route 8 images together, as
+    the official configs do), batch_priority (BPR), noise_std (None = the
     router's official default), importance / load / gshard loss weights, num_slots (soft, per expert), moe_dropout,
     shared_expert_init (official `split_rngs=False`: every expert starts from the same draw).
     head_bias_init: constant head bias (V-MoE uses -log(num_classes)); qk_norm: LayerNorm on queries and keys.
@@ -138,6 +139,7 @@ class VisionMoE(VisionTransformer):
         capacity_factor: float = 1.05,
         eval_capacity_factor: float | None = None,
         group_size: int | None = None,
+        group_images: int | None = None,
         batch_priority: bool = False,
         noise_std: float | None = None,
         importance_loss_weight: float = 0.005,
@@ -155,7 +157,8 @@ class VisionMoE(VisionTransformer):
         # The MoE layers are built before Module.__init__ (which the ViT constructor runs) and handed over by index.
         moe_mlps = {
             i: MoeMlp(width, mlp_dim, num_experts, router=router, k=k, capacity_factor=capacity_factor,
-                      eval_capacity_factor=eval_capacity_factor, group_size=group_size, batch_priority=batch_priority,
+                      eval_capacity_factor=eval_capacity_factor, group_size=group_size, group_images=group_images,
+                      batch_priority=batch_priority,
                       noise_std=noise_std, importance_loss_weight=importance_loss_weight,
                       load_loss_weight=load_loss_weight, gshard_loss_weight=gshard_loss_weight,
                       capacity_ceil_or_round=capacity_ceil_or_round, capacity_multiple_of=capacity_multiple_of,
@@ -206,6 +209,8 @@ def _builder(dims: VitSize, patch: int, doc: str, vmoe_head: bool = False, **def
         kwargs = dict(patch_size=patch, width=dims.width, depth=dims.depth, mlp_dim=dims.mlp_dim,
                       num_heads=dims.num_heads)
         kwargs.update(defaults)
+        if "group_size" in overrides and "group_images" not in overrides:
+            kwargs.pop("group_images", None)  # a group given in tokens replaces the default one in images
         kwargs.update(overrides)
         if vmoe_head:
             # get_vmoe_config: token classifier, pre-logits of the model width, head bias -log(num_classes).
@@ -224,18 +229,23 @@ def _builder(dims: VitSize, patch: int, doc: str, vmoe_head: bool = False, **def
 # "E=8, K=2, Every 2"), so `sparsevision convert` loads them as registered; L/16 and H/14 (never released) follow the
 # paper's JFT-300M models, E=32 Every 2 (Table 8: 3.4B and 7.2B parameters). Pass num_experts=32 for the paper's
 # B/16 (979M).
+# Routing groups: 8 images per group (`group_size = 8 * tokens per image`, the smallest per-device batch the configs
+# assume), so an image's routing depends on the others in its group exactly as in the official models; a last batch
+# of fewer images is routed as one smaller group (see sparsevision.moe.layer).
 _VMOE = dict(vmoe_head=True, pool="token", k=2, router="top_k", capacity_factor=1.05,
              importance_loss_weight=0.005, load_loss_weight=0.005, batch_priority=False)
+_VMOE_GROUPS = dict(group_images=8)
 for _size, _patch, _where, _experts in [("S", 32, "last-2", 8), ("S", 16, "last-2", 8), ("B", 32, "every-2", 8),
                                         ("B", 16, "every-2", 8), ("L", 16, "every-2", 32), ("H", 14, "every-2", 32)]:
     register_model(f"vmoe_{_size.lower()}{_patch}", _builder(
-        VMOE_SIZES[_size], _patch, f"V-MoE-{_size}/{_patch}, E={_experts}, K=2, {_where}", moe_layers=_where,
-        num_experts=_experts, **_VMOE))
+        VMOE_SIZES[_size], _patch, f"V-MoE-{_size}/{_patch}, E={_experts}, K=2, {_where}, 8-image groups",
+        moe_layers=_where, num_experts=_experts, **_VMOE, **_VMOE_GROUPS))
 # V-MoE-B/16 with the PatchMerger paper's placement: 8 tokens after the 6th block, so the later MoE layers route
 # 8 merged tokens per image instead of 196 (GAP head: the merger mixes every token).
 register_model("vmoe_b16_pm", _builder(
-    VMOE_SIZES["B"], 16, "V-MoE-B/16 (E=8, K=2, every-2) with a PatchMerger to 8 tokens after block 6",
-    moe_layers="every-2", num_experts=8, **{**_VMOE, "pool": "gap"}, patch_merger_after=5, patch_merger_tokens=8))
+    VMOE_SIZES["B"], 16, "V-MoE-B/16 (E=8, K=2, every-2, 8-image groups) with a PatchMerger to 8 tokens after block 6",
+    moe_layers="every-2", num_experts=8, **{**_VMOE, "pool": "gap"}, **_VMOE_GROUPS, patch_merger_after=5,
+    patch_merger_tokens=8))
 register_model("vmoe_tiny_test", _builder(
     VMOE_SIZES["test"], 8, "CPU test size: V-MoE, E=4, K=2, every-2", img_size=32, num_classes=10,
     moe_layers="every-2", num_experts=4, **_VMOE))

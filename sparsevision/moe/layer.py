@@ -4,9 +4,13 @@ As the official `MlpMoeBlock` (`vmoe/nn/vit_moe.py`): tokens [B, N, D] are flatt
 `group_size` consecutive tokens, each routed independently, and the layer returns `(output, metrics)`. Tokens whose
 choices were all dropped get a zero output, so in a pre-norm residual block the residual carries them unchanged.
 
-Group size: V-MoE used `group_size = 8 images x tokens per image` per device (so groups span images); Soft MoE and
-the expert-choice baselines of the Soft MoE paper route each image alone. Here `group_size=None` means one group per
-image (N tokens), which is independent of batch size and device count; pass an int for V-MoE's setting.
+Group size: V-MoE used `group_size = 8 images x tokens per image` per device (so groups span images, and an image's
+routing depends on the 7 others in its group); Soft MoE and the expert-choice baselines of the Soft MoE paper route
+each image alone. `group_images=8` is V-MoE's setting, for any image size (the tokens per image are read from the
+input, so a PatchMerger's 8 tokens make 64-token groups); `group_size` gives the tokens directly; with neither, each
+image is one group, which is independent of batch size and device count. When the batch's tokens do not fill a
+whole number of groups (a last, smaller eval batch), the tokens left over after the full groups form one smaller
+group, routed with its own capacity (the official code would need the batch padded instead).
 
 Dispatchers (sparse routers; Soft MoE always uses its dense einsums): "index" (default) gathers into padded
 [E, G*C, D] buffers and runs batched matmuls; "grouped" packs only the kept assignments into one [R, D] buffer
@@ -27,7 +31,7 @@ from torch import nn
 from .capacity import CeilOrRound, compute_capacity
 from .dispatch import DISPATCHERS, make_dispatcher
 from .experts import Experts
-from .metrics import MoeMetrics
+from .metrics import MoeMetrics, merge_group_metrics
 from .routers import NoisyTopExpertsPerItemRouter, NoisyTopItemsPerExpertRouter, SoftRouter
 
 ROUTERS = ("top_k", "expert_choice", "soft")
@@ -40,6 +44,8 @@ class MoeMlp(nn.Module):
         (each expert picks its top-C tokens) or "soft" (Soft MoE, `num_slots` slots per expert).
     capacity_factor / eval_capacity_factor: capacity in training / eval (eval defaults to the training one); change
         them without retraining with `set_capacity_factor`. Ignored by "soft".
+    group_size / group_images: tokens routed together, as a token count or as a number of images (at most one of
+        the two; neither = each image alone). See the module docstring for the remainder group.
     num_slots (soft): slots per expert; if None it is derived from `capacity_factor` and `group_size` as the official
         soft router does (`compute_capacity(group_size, E, capacity_factor, "round", multiple_of=1)`).
     noise_std: training-time logit noise. top-k / expert-choice: std noise_std / num_experts (None = 1.0, V-MoE);
@@ -56,15 +62,19 @@ class MoeMlp(nn.Module):
                  importance_loss_weight: float = 1.0, load_loss_weight: float = 1.0, gshard_loss_weight: float = 0.0,
                  num_slots: int | None = None, dropout: float = 0.0, dispatcher: str = "index",
                  capacity_ceil_or_round: CeilOrRound = "ceil", capacity_multiple_of: int | None = 4,
-                 shared_expert_init: bool = False, gelu_approximate: str = "none"):
+                 shared_expert_init: bool = False, gelu_approximate: str = "none", group_images: int | None = None):
         super().__init__()
         if router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got router={router!r}")
         if dispatcher not in DISPATCHERS:
             raise ValueError(f"dispatcher must be one of {DISPATCHERS}, got dispatcher={dispatcher!r}")
-        if group_size is not None and group_size < 1:
-            raise ValueError(f"group_size must be None or >= 1, got group_size={group_size}")
-        self.dim, self.num_experts, self.group_size = dim, num_experts, group_size
+        for name, value in (("group_size", group_size), ("group_images", group_images)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {name}={value!r}")
+        if group_size is not None and group_images is not None:
+            raise ValueError(f"give group_size (tokens) or group_images (images), not both: got "
+                             f"group_size={group_size}, group_images={group_images}")
+        self.dim, self.num_experts, self.group_size, self.group_images = dim, num_experts, group_size, group_images
         self.router_name, self.dispatcher = router, dispatcher
         if noise_std is None:
             noise_std = 0.0 if router == "soft" else 1.0
@@ -82,7 +92,8 @@ class MoeMlp(nn.Module):
         else:
             if num_slots is None:
                 if group_size is None:
-                    raise ValueError("router='soft' needs num_slots, or group_size to derive it from capacity_factor")
+                    raise ValueError("router='soft' needs num_slots, or group_size (tokens) to derive it from "
+                                     "capacity_factor")
                 num_slots = compute_capacity(group_size, num_experts, capacity_factor, "round", multiple_of=1)
             self.router = SoftRouter(dim, num_experts, num_slots, noise_std=noise_std)
         self.experts = Experts(num_experts, dim, hidden_dim, dropout=dropout, shared_init=shared_expert_init,
@@ -105,23 +116,41 @@ class MoeMlp(nn.Module):
         self.experts.load_dense_mlp_(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
         return self
 
+    def tokens_per_group(self, tokens_per_image: int) -> int:
+        """Tokens routed together for inputs of `tokens_per_image` tokens each."""
+        if self.group_images is not None:
+            return self.group_images * tokens_per_image
+        return self.group_size or tokens_per_image
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoeMetrics]:
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MoeMlp input must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
         b, n, d = x.shape
-        group_size = self.group_size or n
-        if (b * n) % group_size:
-            raise ValueError(f"group_size={group_size} must divide batch*tokens={b}*{n}={b * n}")
-        groups = x.reshape(-1, group_size, d)
+        group_size = self.tokens_per_group(n)
+        flat = x.reshape(b * n, d)
+        full = (b * n // group_size) * group_size
+        spans = [(0, full, group_size)] if full else []
+        if full < b * n:  # the remainder: one smaller group
+            spans.append((full, b * n, b * n - full))
+        outputs, parts = [], []
+        for start, stop, size in spans:
+            y, metrics = self._route_groups(flat[start:stop].view(-1, size, d))
+            outputs.append(y.reshape(stop - start, -1))
+            parts.append((metrics, (stop - start) // size, stop - start))
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        metrics = merge_group_metrics(parts)
+        metrics.top_expert = metrics.top_expert.reshape(b, n)
+        return y.reshape(b, n, -1).to(x.dtype), metrics
+
+    def _route_groups(self, groups: torch.Tensor) -> tuple[torch.Tensor, MoeMetrics]:
+        """Route, dispatch, run the experts and combine, for tokens already cut into groups [G, S, D]."""
         routing = self.router(groups)
         impl = self.dispatcher
         if impl == "grouped" and not self.experts.supports_packed:
             impl = "index"  # expert-parallel shards exchange padded [E, T, D] buffers
-        dispatcher = make_dispatcher(routing, group_size, impl)
+        dispatcher = make_dispatcher(routing, groups.shape[1], impl)
         if dispatcher.packed:
             y = dispatcher.combine(self.experts.forward_packed(dispatcher.dispatch(groups), dispatcher.rows))
         else:
             y = dispatcher.combine(self.experts(dispatcher.dispatch(groups)))
-        metrics = routing.metrics
-        metrics.top_expert = metrics.top_expert.reshape(b, n)
-        return y.reshape(b, n, -1).to(x.dtype), metrics
+        return y, routing.metrics

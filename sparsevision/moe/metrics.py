@@ -70,3 +70,34 @@ def total_aux_loss(metrics: Sequence[MoeMetrics]) -> torch.Tensor:
     if not metrics:
         raise ValueError("total_aux_loss needs at least one MoeMetrics, got an empty sequence")
     return torch.stack([m.aux_loss for m in metrics]).sum()
+
+
+def merge_group_metrics(parts: Sequence[tuple[MoeMetrics, int, int]]) -> MoeMetrics:
+    """One layer's metrics from routing its tokens in separate calls: `(metrics, num_groups, num_tokens)` per call,
+    e.g. the full groups and a smaller remainder group. Losses are averaged over all groups (the routers average
+    over groups), `dropped_fraction` over all tokens, `expert_load` weighted by each call's kept assignments (tokens
+    x kept fraction, exact for every router); `capacity` is the first call's, `top_expert` the calls' concatenated
+    ([G, S] each, flattened to [tokens])."""
+    if len(parts) == 1:
+        return parts[0][0]
+    groups = torch.tensor([float(g) for _, g, _ in parts], dtype=torch.float64)
+    tokens = torch.tensor([float(t) for _, _, t in parts], dtype=torch.float64)
+
+    def mean(name: str, weights: torch.Tensor) -> torch.Tensor:
+        values = torch.stack([getattr(m, name) for m, _, _ in parts])
+        return (values * (weights / weights.sum()).to(values)).sum()
+
+    dropped = torch.stack([m.dropped_fraction.detach().double().cpu() for m, _, _ in parts])
+    kept = tokens * (1.0 - dropped)
+    loads = [m.expert_load for m, _, _ in parts]
+    load = None
+    if all(x is not None for x in loads):  # every call's loads sum to 1 (or are all 0 when it kept nothing)
+        share = kept / kept.sum().clamp_min(1e-12)
+        load = sum(x * w.to(x) for x, w in zip(loads, share))
+    top = [m.top_expert for m, _, _ in parts]
+    return MoeMetrics(
+        aux_loss=mean("aux_loss", groups), importance_loss=mean("importance_loss", groups),
+        load_loss=mean("load_loss", groups), gshard_loss=mean("gshard_loss", groups),
+        dropped_fraction=mean("dropped_fraction", tokens), expert_load=load, capacity=parts[0][0].capacity,
+        top_expert=torch.cat([t.reshape(-1) for t in top]) if all(t is not None for t in top) else None)
+

@@ -101,7 +101,9 @@ def test_set_capacity_factor_train_and_eval():
 
 
 @pytest.mark.parametrize("kwargs, x_shape, match", [
-    (dict(group_size=5), (2, 4, DIM), "group_size=5"),
+    (dict(group_size=5, group_images=2), None, "not both"),
+    (dict(group_images=0), None, "group_images"),
+    (dict(group_images=1.5), None, "group_images"),
     (dict(k=4), None, "k=4"),
     (dict(capacity_factor=0.1, capacity_ceil_or_round="round"), (1, 4, DIM), "capacity"),
     (dict(router="switch"), None, "router"),
