@@ -56,8 +56,8 @@ def build(name: str, dense: bool, args, dispatcher: str | None = None) -> torch.
 
 
 def forward_flops(model: torch.nn.Module) -> int:
-    """`count_flops` with every MoE layer on index dispatch: torch's FlopCounterMode has no formula for
-    torch._grouped_mm, and the ratio is defined on the capacity buffers whatever the dispatcher."""
+    """`count_flops` with every MoE layer on index dispatch: the ratio is defined on the capacity buffers whatever
+    the dispatcher (grouped dispatch would be charged for the rows kept by this one zero image)."""
     layers = [m for m in model.modules() if isinstance(m, MoeMlp)]
     saved = [m.dispatcher for m in layers]
     for m in layers:

@@ -1,7 +1,9 @@
 """Forward FLOPs of a model on one image, counted by torch's own `FlopCounterMode`.
 
 FLOPs are multiply-adds x 2; papers that quote "GFLOPs" for ViTs usually quote multiply-adds, i.e. half of this.
-For MoE layers the count is the work actually done on the capacity buffers, which is what the hardware pays for.
+For MoE layers the count is the work the dispatcher actually does: the padded capacity buffers for "index" and
+"einsum" dispatch, the kept rows only for "grouped" (torch's counter has no formula for `torch._grouped_mm`; the one
+here reads the packed rows' last offset, so it counts 2 * kept rows * K * N per expert matmul).
 
 The model runs for real (CPU, batch 1, no grad). torch's counter does not know every fused attention kernel (the
 CPU flash-attention op is not counted, while on the meta device attention is counted twice), so the attention
@@ -15,6 +17,22 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import Attention
+
+
+def _grouped_mm_flops(a, b, offs=None, *args, out_val=None, **kwargs) -> int:
+    """FLOPs of `torch._grouped_mm(a [R, K], b [E, K, N], offs)`: only rows before offs[-1] are computed (the rest
+    are left undefined). Other operand layouts (the backward's [K, R] x [R, N] per-group products) count every
+    row."""
+    if a.ndim == 2 and b.ndim == 3:
+        rows = a.shape[0] if offs is None or offs.device.type == "meta" else int(offs[-1])
+        return 2 * rows * a.shape[1] * b.shape[2]
+    if a.ndim == 2 and b.ndim == 2:  # [K, R] x [R, N] -> [E, K, N]: each row is used once
+        return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    return 2 * a.numel() * b.shape[-1]
+
+
+_grouped_mm_flops._get_raw = True  # FlopCounterMode passes the tensors themselves (offs values), not shapes
+_CUSTOM_FLOPS = {torch.ops.aten._grouped_mm: _grouped_mm_flops} if hasattr(torch.ops.aten, "_grouped_mm") else {}
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -45,7 +63,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int] | None = Non
     # counter) fails on a parameter fed straight into a sub-module under no_grad (e.g. a MAP head's probe).
     requires_grad = {p: p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
     try:
         with counter:
             forward(torch.zeros(1, *shape, device=device))

@@ -57,3 +57,20 @@ def test_image_text_models_are_counted_on_their_image_side():
     model = sparsevision.create_model("two_tower_tiny_test")
     assert count_flops(model) == count_flops(model.image_tower) + 2 * model.image_tower.num_features * \
         model.image_proj.out_features
+
+
+def test_grouped_dispatch_is_charged_for_kept_rows():
+    """index: E x C padded rows per MoE matmul; grouped: the kept (token, expert) rows only (its bias add, an
+    in-place [R, E] x [E, N] product, is not counted by torch, as no bias add is). Hand count from the routing
+    metrics of the same forward."""
+    index = sparsevision.create_model("vmoe_tiny_test", capacity_factor=0.5).eval()
+    grouped = sparsevision.create_model("vmoe_tiny_test", capacity_factor=0.5, dispatcher="grouped").eval()
+    grouped.load_state_dict(index.state_dict())
+    _, aux = grouped(torch.zeros(1, 3, 32, 32), return_aux=True)
+    width, hidden, experts, k, tokens = 32, 64, 4, 2, 17
+    difference = 0
+    for metrics in aux["moe"]:
+        kept_rows = round((1 - float(metrics.dropped_fraction)) * tokens * k)
+        assert 0 < kept_rows < tokens * k  # capacity 0.5 drops some choices
+        difference += 2 * (experts * metrics.capacity - kept_rows) * 2 * width * hidden  # fewer expert rows
+    assert count_flops(index) - count_flops(grouped) == difference
