@@ -37,7 +37,10 @@ LAYERS = {
     "top_k_grouped": dict(router="top_k", k=2, group_size=12, capacity_factor=1.0, noise_std=0.0,
                           dispatcher="grouped"),
     "soft": dict(router="soft", num_slots=2),
+    # A rank's 24 tokens are one 16-token group and a remainder group of 8: two exchanges per layer call.
+    "top_k_remainder": dict(router="top_k", k=2, group_size=16, capacity_factor=1.0, noise_std=0.0),
 }
+PER_RANK_GROUPS = {"top_k_remainder"}  # groups end at each rank's batch boundary (see `reference`)
 STEPS, LR, MAX_NORM = 3, 1e-2, 0.05
 
 
@@ -73,7 +76,13 @@ def reference():
         x = torch.randn(8, 6, 8, requires_grad=True)
         r = torch.randn(8, 6, 8)
         state = copy.deepcopy(layer.state_dict())
-        loss, out = _layer_loss(layer, x, r)
+        if kind in PER_RANK_GROUPS:
+            # Routing is per rank, so the one-process reference routes the ranks' halves apart; its loss is
+            # their mean, the DDP convention.
+            halves = [_layer_loss(layer, _half(x, h), _half(r, h)) for h in range(WORLD)]
+            loss, out = sum(h[0] for h in halves) / WORLD, torch.cat([h[1] for h in halves])
+        else:
+            loss, out = _layer_loss(layer, x, r)
         loss.backward()
         ref["layers"][kind] = dict(state=state, x=x.detach(), r=r, out=out.detach(), x_grad=x.grad,
                                    grads={n: p.grad.clone() for n, p in layer.named_parameters()})
