@@ -68,13 +68,19 @@ def grouped_mm_usable(x: torch.Tensor, *weights: torch.Tensor) -> bool:
         if torch.cuda.get_device_capability(x.device)[0] not in FAST_CUDA_MAJORS:
             return False
     elif x.device.type == "cpu":
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16) or not _cpu_grouped_mm_works(dtype):
+        if torch.compiler.is_compiling():
+            # The traced op's shape rules accept bf16 only; the eager probe cannot run inside a trace.
+            if dtype != torch.bfloat16:
+                return False
+        elif dtype not in (torch.float32, torch.bfloat16, torch.float16) or not _cpu_grouped_mm_works(dtype):
             return False
     else:
         return False
     align = 16 // x.element_size()
     tensors = (x, *weights)
-    return (all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors) and x.shape[-1] % align == 0
+    # Traced tensors have no address; the compiler's buffers are aligned, and views here start at offset 0.
+    aligned = torch.compiler.is_compiling() or all(t.data_ptr() % 16 == 0 for t in tensors)
+    return (aligned and all(t.is_contiguous() for t in tensors) and x.shape[-1] % align == 0
             and all(w.shape[-1] % align == 0 and w.shape[-2] % align == 0 for w in weights))
 
 
@@ -88,6 +94,7 @@ class PackedRows:
         self.max_rows = max_rows  # static bound on any expert's rows (G*C), sizes the padded fallback
         self.num_rows = expert_of_row.shape[0]
         self._one_hot: dict[torch.dtype, torch.Tensor] = {}
+        self._padded_slots: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def one_hot(self, dtype: torch.dtype) -> torch.Tensor:
         """[R, E] 0/1 in `dtype`, all-zero tail rows: `y.addmm_(one_hot, bias)` adds each row's expert bias (one
@@ -98,9 +105,14 @@ class PackedRows:
             self._one_hot[dtype] = hot.scatter_(1, self.expert_of_row[:, None], 1)[:, :e].contiguous()
         return self._one_hot[dtype]
 
-    @functools.cached_property
+    @property
     def padded_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(slot of each row in [E*M] padded buffers, E*M = spare for tail rows; row of each slot, R = empty)."""
+        if self._padded_slots is None:  # cached by hand: functools.cached_property's lock stops torch.compile
+            self._padded_slots = self._compute_padded_slots()
+        return self._padded_slots
+
+    def _compute_padded_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
         e, m, r = self.num_experts, self.max_rows, self.num_rows
         ends = self.offsets.long()
         starts = torch.cat([ends - torch.diff(ends, prepend=ends.new_zeros(1)), ends.new_zeros(1)])

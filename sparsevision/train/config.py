@@ -93,6 +93,10 @@ class TrainConfig:
     seed: int = 0  # model init, dropout, data order
     out_dir: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch.compile the training forward and backward: "off", "inductor" (torch.compile's default: fused kernels,
+    # compiled at the first step) or "aot_eager" (traced but run op by op: checks that a model compiles, no speed).
+    # Evaluation stays eager.
+    compile: str = "off"
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
@@ -101,6 +105,7 @@ CHOICES = {
     "optim.schedule": ("cosine", "linear", "constant", "step"),
     "loss.kind": ("softmax", "sigmoid"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "compile": ("off", "inductor", "aot_eager"),
     "data.augment": ("none", "crop", "crop_flip"),
     "distributed.backend": ("auto", "nccl", "gloo"),
 }

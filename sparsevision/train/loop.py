@@ -260,6 +260,8 @@ def _train(config: TrainConfig, ctx: DistributedContext, *, resume: bool, stop_a
     if not main:  # dropout and router noise differ per rank; rank 0 keeps the one-process stream
         seed_everything(parallel.rank_seed(config.seed, ctx.rank, start_step))
     ddp = wrap_ddp(model, ctx)  # DDP for everything but the expert shards (the model itself in one process)
+    if config.compile != "off":  # after DDP, so its bucketed all-reduces stay outside the compiled graphs
+        ddp = torch.compile(ddp, backend=config.compile)
     if main:
         atomic_write_bytes(run_dir / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2).encode())
 

@@ -95,3 +95,24 @@ def test_default_recipe_learns_digits(tiny_config):
                                  data=dataclasses.replace(default.data, augment="none"))
     result = train(config, progress=False)
     assert result.test["accuracy"] > 0.7  # chance is 0.1 on 10 balanced classes
+
+
+@pytest.mark.parametrize("model_sets", [["model.name=vit_tiny_test"],
+                                        ["model.name=vmoe_tiny_test", "model.overrides.dispatcher=grouped",
+                                         "model.overrides.group_images=8"]], ids=["vit", "vmoe-grouped"])
+def test_compiled_training_matches_eager(tiny_config, model_sets):
+    """compile=aot_eager traces forward and backward into graphs (the same ops, no code generation), so the
+    losses must match the eager run's step for step; a graph break or a wrong gradient would show."""
+    torch._dynamo.reset()
+    sets = ["steps=4", "eval_every=0", "log_every=1", "checkpoint_every=0", *model_sets]
+    eager = train(tiny_config("eager", sets=sets), progress=False)
+    compiled = train(tiny_config("compiled", sets=[*sets, "compile=aot_eager"]), progress=False)
+    losses = [[r["loss"] for r in read_metrics(run.run_dir) if r.get("split") == "train"] for run in (eager, compiled)]
+    assert len(losses[0]) == 4
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    assert compiled.test["accuracy"] == pytest.approx(eager.test["accuracy"], abs=1e-6)
+
+
+def test_unknown_compile_backend_is_refused(tiny_config):
+    with pytest.raises(ValueError, match="compile='max' is not one of off, inductor, aot_eager"):
+        train(tiny_config(sets=["compile=max"]), progress=False)
