@@ -15,9 +15,10 @@ Steps (each a subprocess with its own time limit, so one hang or crash does not 
     gmm         the expert matmuls alone: dense mm vs torch._grouped_mm (weights as stored and K-major) vs padded
                 bmm, forward and weight-gradient shapes, 50,176 and 100,352 rows, E in {8, 32}
     profile     torch.profiler table of one fwd+bwd of the grouped and the index layer (E=8, k=2, cf=1.25)
+    compile     dense and grouped under torch.compile (inductor), E=8, k=2, cf=1.25
 Steps run in this order until --budget is spent. Then a summary table (printed last). Files under --out:
 device_check.log, pytest_gpu.xml, moe_layer_bf16.json, moe_layer_peers.json, train_step.json,
-moe_layer_autocast.json, moe_layer_groups.json, gmm.json, profile.txt (9 files).
+moe_layer_autocast.json, moe_layer_groups.json, gmm.json, profile.txt, moe_layer_compiled.json (10 files).
 
 `--cpu-smoke` runs the benchmark steps in-process at tiny shapes on the CPU (no pytest: the suite runs those tests
 itself); tests/test_benchmarks.py covers it.
@@ -70,6 +71,11 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
                                        "--json", str(out / "moe_layer_groups.json")]),
         ("gmm", 40, kernels),
         ("profile", 40, profile),
+        # torch.compile (inductor) on dense and grouped alike, one shape: does fusing the router's small ops pay?
+        ("compile", 90, [str(BENCH / "moe_layer.py"), *shapes, "--impls", "dense", "grouped", "--compile",
+                         "--json", str(out / "moe_layer_compiled.json")]
+         + (["--repeats", "1", "--warmup", "1", "--k", "2", "--compile-backend", "aot_eager"] if smoke
+            else ["--repeats", "10", "--warmup", "3", "--experts", "8", "--k", "2", "--capacity-factor", "1.25"])),
     ]
     plan.insert(2, ("train", 100, train))
     if not smoke:
@@ -301,7 +307,8 @@ def summarize(out: Path, results: list[dict] | None = None) -> str:
             lines.append(f"  E{e} k{'-' if k is None else k} cf{cf}: " + ", ".join(cells))
         lines += [f"  skipped: {note}" for note in skipped]
     for name, title in (("moe_layer_autocast.json", "autocast (fp32 params)"),
-                        ("moe_layer_groups.json", "8-image groups")):
+                        ("moe_layer_groups.json", "8-image groups"),
+                        ("moe_layer_compiled.json", "torch.compile (dense compiled too)")):
         data = _load(out / name)
         if not data:
             continue
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for all steps together: a step gets min(its limit, what is left); steps that "
                              "would get under 15 s are skipped (default 480, so one device call stays under 10 min)")
     parser.add_argument("--only", nargs="+",
-                        help="run only these steps: tests layer peers train autocast groups gmm profile")
+                        help="run only these steps: tests layer peers train autocast groups gmm profile compile")
     parser.add_argument("--wheels", default=str(ROOT / ".whl"),
                         help="wheels of the peer packages for the peers step (benchmarks/fetch_peer_wheels.sh)")
     args = parser.parse_args(argv)

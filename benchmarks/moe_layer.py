@@ -4,6 +4,7 @@ active FLOPs, a naive per-expert loop, and the PyTorch MoE packages when install
     python benchmarks/moe_layer.py                                  # H100 defaults: 256 images x 196 tokens
     python benchmarks/moe_layer.py --device cpu --tokens 512 --dim 64 --hidden 128 --repeats 2   # seconds, CPU
     python benchmarks/moe_layer.py --impls dense index grouped soft   # the fast rows only
+    python benchmarks/moe_layer.py --impls dense grouped --compile    # torch.compile (inductor) on every row
 
 Rows (per number of experts E, choices per token k, capacity factor cf):
     dense        sparsevision.layers.Mlp with hidden k*H: the same useful FLOPs, no routing (the reference)
@@ -161,7 +162,9 @@ def run_case(case: dict, args, device: torch.device) -> dict:
         row["note"] = skip
         return row
     dtype = DTYPES[args.dtype]
-    module = module.to(device=device, dtype=torch.float32 if args.autocast else dtype).train()
+    module = raw = module.to(device=device, dtype=torch.float32 if args.autocast else dtype).train()
+    if args.compile:  # compiled at the first warm-up step, so --warmup must be >= 1 to time compiled code only
+        module = torch.compile(raw, backend=args.compile_backend)
     x_dtype = torch.float32 if args.autocast else dtype
     shape = (args.tokens // args.seq, args.seq, args.dim)
     x = torch.randn(shape, device=device, dtype=x_dtype, requires_grad=True)
@@ -189,7 +192,7 @@ def run_case(case: dict, args, device: torch.device) -> dict:
     row["peak_mib"] = peak_memory_mib(device)
     if case["impl"] in ("index", "einsum", "grouped"):
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=args.autocast):
-            row["dropped"] = float(module(x)[1].dropped_fraction)
+            row["dropped"] = float(raw(x)[1].dropped_fraction)
         if case["impl"] == "grouped":  # only kept rows are computed
             row["executed_flops"] = round(row["useful_flops"] * (1.0 - row["dropped"]))
     seconds = row["ms"] / 1e3
@@ -197,6 +200,9 @@ def run_case(case: dict, args, device: torch.device) -> dict:
         if row.get(f"{kind}_flops"):
             row[f"{kind}_tflops"] = row[f"{kind}_flops"] / seconds / 1e12
     row["params_m"] = sum(p.numel() for p in params) / 1e6
+    if args.compile:
+        row["note"] = "compiled"
+
     return row
 
 
@@ -239,10 +245,16 @@ def parse_args(argv=None):
     impls = ["dense", "index", "grouped", "einsum", "loop", "soft", "peers"]
     parser.add_argument("--impls", nargs="+", default=impls, choices=impls)
     parser.add_argument("--autocast", action="store_true", help="fp32 parameters under torch.autocast(--dtype)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every row's module (the dense row too, so ratios stay fair)")
+    parser.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager"],
+                        help="inductor (fused kernels) or aot_eager (traced, run op by op: a quick check)")
     parser.add_argument("--peak-size", type=int, default=None,
                         help="N of the N^3 matmul peak line (default 8192 on CUDA, off on CPU; 0 = off)")
     add_common_args(parser, json_default="benchmarks/results/moe_layer.json")
     args = parser.parse_args(argv)
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1 (the first call compiles)")
     args.seq = args.seq or default_seq(args.tokens)
     args.group_size = args.group_size or args.seq
     for name in ("seq", "group_size"):

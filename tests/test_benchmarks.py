@@ -97,10 +97,12 @@ def test_device_check_cpu_smoke(tmp_path, capsys):
     rc = _load("device_check").main(["--cpu-smoke", "--out", str(tmp_path)])
     assert rc == 0
     for name in ("moe_layer_bf16.json", "moe_layer_peers.json", "moe_layer_autocast.json", "moe_layer_groups.json",
-                 "train_step.json", "profile.txt", "device_check.log"):
+                 "moe_layer_compiled.json", "train_step.json", "profile.txt", "device_check.log"):
         assert (tmp_path / name).stat().st_size > 0, name
     layer = json.loads((tmp_path / "moe_layer_bf16.json").read_text())
     assert {r["impl"] for r in layer["rows"]} == {"dense", "index", "grouped", "einsum", "soft"}
+    compiled = json.loads((tmp_path / "moe_layer_compiled.json").read_text())
+    assert compiled["config"]["compile"] and {r["impl"] for r in compiled["rows"] if "ms" in r} == {"dense", "grouped"}
     peers = json.loads((tmp_path / "moe_layer_peers.json").read_text())
     assert {"dense", "grouped", "loop"} <= {r["impl"] for r in peers["rows"] if "ms" in r}
     assert {"mixture-of-experts", "st-moe-pytorch", "soft-moe-pytorch"} <= {r["impl"] for r in peers["rows"]}
