@@ -9,7 +9,8 @@ Steps (each a subprocess with its own time limit, so one hang or crash does not 
     peers       the same shapes: dense, grouped, soft, the naive per-expert loop and the PyTorch MoE packages
                 (mixture-of-experts, st-moe-pytorch, soft-moe-pytorch), installed from the wheels under .whl/
                 (benchmarks/fetch_peer_wheels.sh; the device tool carries them with carry=[".whl"])
-    train       benchmarks/train_step.py, S/16 and B/16 at batch 64, V-MoE with index and grouped dispatch
+    train       benchmarks/train_step.py, S/16 and B/16 at batch 256 (tens of GB of activations in bf16 autocast),
+                V-MoE with index and grouped dispatch
     autocast    the layer step with fp32 parameters under bf16 autocast (what training does): dense, index, grouped
     groups      V-MoE's 8-image routing groups (--group-size 1568): dense, index, grouped
     gmm         the expert matmuls alone: dense mm vs torch._grouped_mm (weights as stored and K-major) vs padded
@@ -58,7 +59,7 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
         train += ["--device", "cpu", "--pairs", "test", "--batch-size", "2", "--repeats", "1", "--warmup", "0",
                   "--dtype", "fp32"]
     else:
-        train += ["--pairs", "S/16", "B/16", "--batch-size", "64", "--repeats", "10"]
+        train += ["--pairs", "S/16", "B/16", "--batch-size", "256", "--repeats", "8"]
     plan = [
         ("layer", 110, layer + ["--impls", "dense", "index", "grouped", "einsum", "soft", "--peak-size",
                                 "256" if smoke else "8192", "--json", str(out / "moe_layer_bf16.json")]),
@@ -77,7 +78,7 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
          + (["--repeats", "1", "--warmup", "1", "--k", "2", "--compile-backend", "aot_eager"] if smoke
             else ["--repeats", "10", "--warmup", "3", "--experts", "8", "--k", "2", "--capacity-factor", "1.25"])),
     ]
-    plan.insert(2, ("train", 100, train))
+    plan.insert(2, ("train", 150, train))
     if not smoke:
         # The CPU MoE suite too (the machine's torch may differ from CI's), less the multi-process parallel tests.
         tests = ["-m", "pytest", "-q", "-rs", str(ROOT / "tests/moe"),
