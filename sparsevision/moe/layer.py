@@ -126,6 +126,8 @@ class MoeMlp(nn.Module):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MoeMlp input must be [batch, tokens, {self.dim}], got shape {tuple(x.shape)}")
         b, n, d = x.shape
+        if b * n == 0:
+            raise ValueError(f"MoeMlp got no tokens to route (input shape {tuple(x.shape)})")
         group_size = self.tokens_per_group(n)
         flat = x.reshape(b * n, d)
         full = (b * n // group_size) * group_size

@@ -111,6 +111,7 @@ def test_set_capacity_factor_train_and_eval():
     (dict(group_size=0), None, "group_size"),
     (dict(), (2, 4, DIM + 1), "shape"),
     (dict(), (8, DIM), "shape"),
+    (dict(), (0, 4, DIM), "no tokens"),
 ])
 def test_errors(kwargs, x_shape, match):
     with pytest.raises(ValueError, match=match):
