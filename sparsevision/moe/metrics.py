@@ -77,27 +77,24 @@ def merge_group_metrics(parts: Sequence[tuple[MoeMetrics, int, int]]) -> MoeMetr
     e.g. the full groups and a smaller remainder group. Losses are averaged over all groups (the routers average
     over groups), `dropped_fraction` over all tokens, `expert_load` weighted by each call's kept assignments (tokens
     x kept fraction, exact for every router); `capacity` is the first call's, `top_expert` the calls' concatenated
-    ([G, S] each, flattened to [tokens])."""
+    ([G, S] each, flattened to [tokens]). No host sync: the weights are Python numbers or stay on the device."""
     if len(parts) == 1:
         return parts[0][0]
-    groups = torch.tensor([float(g) for _, g, _ in parts], dtype=torch.float64)
-    tokens = torch.tensor([float(t) for _, _, t in parts], dtype=torch.float64)
+    metrics = [m for m, _, _ in parts]
+    groups, tokens = [g for _, g, _ in parts], [t for _, _, t in parts]
 
-    def mean(name: str, weights: torch.Tensor) -> torch.Tensor:
-        values = torch.stack([getattr(m, name) for m, _, _ in parts])
-        return (values * (weights / weights.sum()).to(values)).sum()
+    def mean(name: str, weights: list[int]) -> torch.Tensor:
+        total = sum(weights)
+        return sum(getattr(m, name) * (w / total) for m, w in zip(metrics, weights))
 
-    dropped = torch.stack([m.dropped_fraction.detach().double().cpu() for m, _, _ in parts])
-    kept = tokens * (1.0 - dropped)
-    loads = [m.expert_load for m, _, _ in parts]
     load = None
-    if all(x is not None for x in loads):  # every call's loads sum to 1 (or are all 0 when it kept nothing)
+    if all(m.expert_load is not None for m in metrics):  # each call's loads sum to 1 (all 0 if it kept nothing)
+        kept = torch.stack([t * (1.0 - m.dropped_fraction.detach().double()) for m, t in zip(metrics, tokens)])
         share = kept / kept.sum().clamp_min(1e-12)
-        load = sum(x * w.to(x) for x, w in zip(loads, share))
-    top = [m.top_expert for m, _, _ in parts]
+        load = sum(m.expert_load * w.to(m.expert_load.dtype) for m, w in zip(metrics, share))
+    top = [m.top_expert for m in metrics]
     return MoeMetrics(
         aux_loss=mean("aux_loss", groups), importance_loss=mean("importance_loss", groups),
         load_loss=mean("load_loss", groups), gshard_loss=mean("gshard_loss", groups),
         dropped_fraction=mean("dropped_fraction", tokens), expert_load=load, capacity=parts[0][0].capacity,
         top_expert=torch.cat([t.reshape(-1) for t in top]) if all(t is not None for t in top) else None)
-

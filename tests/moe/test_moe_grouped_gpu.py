@@ -101,7 +101,9 @@ def test_whole_layer_grouped_matches_index_in_bf16(gmm_calls, train):
 
 @pytest.mark.skipif(not ON_CUDA, reason="host syncs only exist with a device")
 @pytest.mark.parametrize("router, kw", [("top_k", dict(k=2, capacity_factor=1.25)),
-                                        ("expert_choice", dict(capacity_factor=1.0))])
+                                        ("expert_choice", dict(capacity_factor=1.0)),
+                                        # 3-image groups: 2 full groups and a remainder group of 2 images
+                                        ("top_k", dict(k=2, capacity_factor=1.25, group_images=3))])
 def test_no_host_sync_in_forward_and_backward(router, kw):
     layer = make_layer(router, dispatcher="grouped", **kw).to(torch.bfloat16).train()
     x = torch.randn(GROUPS, GROUP_SIZE, DIM, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
