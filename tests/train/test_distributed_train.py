@@ -2,8 +2,8 @@
 
 One 2-process job (process start-up dominates the cost) runs, in order: a V-MoE through `train()` (experts sharded
 over both ranks), a 1-process checkpoint resumed on 2 ranks, a dense ViT through the CLI's `--distributed` path
-(with gradient accumulation and crop+flip augmentation, which must also be split exactly), and last a run in which
-rank 1 raises. The references are plain one-process runs of the same configs, which share no parallel code: no
+(with gradient accumulation and crop+flip augmentation, which must also be split exactly), the V-MoE with its
+training step under torch.compile, and last a run in which rank 1 raises. The references are plain one-process runs of the same configs, which share no parallel code: no
 process group, no sharding, no DDP.
 
 Tolerance. Everything runs in float32. The two runs compute the same function but sum in different orders (the
@@ -97,7 +97,10 @@ def _job(ctx: DistributedContext, root: Path) -> dict:
     # 3. Dense ViT (pure DDP) through the command line: `train --distributed` adopts the running process group.
     out["cli"] = dispatcher.main(["train", "--distributed", "--preset", "test", "--out", str(root / "dense2"),
                                   "--no-progress", "--set", *DENSE])
-    # 4. Rank 1 raises in its second training step; rank 0 is then waiting for it in the experts' all-to-all.
+    # 4. The V-MoE again with the training step traced by torch.compile (aot_eager: the same ops, no codegen).
+    train(_config(root / "moe2_compiled", MOE + ["compile=aot_eager"]), objective=Probe(ctx.rank), progress=False,
+          ctx=ctx)
+    # 5. Rank 1 raises in its second training step; rank 0 is then waiting for it in the experts' all-to-all.
     start = time.monotonic()
     try:
         train(_config(root / "fail", MOE), objective=Probe(ctx.rank, fail_rank=1, fail_call=2), progress=False,
@@ -174,6 +177,13 @@ def test_two_ranks_train_like_one_process_and_hold_half_of_the_experts(runs):
     assert [r["step"] for r in _train_records(root / "moe2")] == [1, 2, 3, 4]
     assert sorted(p.name for p in (root / "moe2" / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert json.loads((root / "moe2" / "config.json").read_text())["data"]["batch_size"] == 8
+
+
+def test_compiled_expert_parallel_training_matches_one_process(runs):
+    root, _ = runs
+    worst = _assert_same_losses(_train_records(root / "moe2_compiled"), _train_records(root / "moe1"),
+                                "V-MoE, 2 ranks, compile=aot_eager")
+    print(f"compiled V-MoE on 2 ranks: largest loss / grad-norm difference to one process {worst:.2e}")
 
 
 def test_checkpoints_move_between_two_ranks_and_one(runs):
