@@ -66,6 +66,7 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
         # The naive loop and the PyTorch MoE packages (from .whl/, see peer_site) against the same dense rows.
         ("peers", 90, layer + ["--impls", "dense", "grouped", "soft", "loop", "peers", "--peak-size", "0",
                                "--json", str(out / "moe_layer_peers.json")]),
+        ("train", 150, train),
         ("autocast", 60, layer + fast + ["--autocast", "--dtype", "bf16",
                                          "--json", str(out / "moe_layer_autocast.json")]),
         ("groups", 60, layer + fast + ["--group-size", "256" if smoke else "1568",
@@ -78,7 +79,6 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
          + (["--repeats", "1", "--warmup", "1", "--k", "2", "--compile-backend", "aot_eager"] if smoke
             else ["--repeats", "10", "--warmup", "3", "--experts", "8", "--k", "2", "--capacity-factor", "1.25"])),
     ]
-    plan.insert(2, ("train", 150, train))
     if not smoke:
         # The CPU MoE suite too (the machine's torch may differ from CI's), less the multi-process parallel tests.
         tests = ["-m", "pytest", "-q", "-rs", str(ROOT / "tests/moe"),
