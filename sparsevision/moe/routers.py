@@ -157,14 +157,16 @@ class NoisyTopExpertsPerItemRouter(_NoisyGate):
         aux = weighted_sum(*pairs)
 
         weight, expert = top_k(gates, k)  # [G, S, K], ties to the lower expert index as jax.lax.top_k
+        # Priority list, choice-major: all 1st choices (tokens in priority order), then all 2nd choices, ...
         if self.batch_priority:
             order = torch.argsort(-weight[..., 0], dim=1, stable=True)
-        else:
-            order = torch.arange(s, device=x.device).expand(g, s)
-        # Priority list, choice-major: all 1st choices (tokens in priority order), then all 2nd choices, ...
-        expert_by_priority = expert.gather(1, order[..., None].expand(g, s, k)).transpose(1, 2).reshape(g, k * s)
-        rank = _rank_within_expert(expert_by_priority, e).view(g, k, s)
-        rank = torch.empty_like(rank).scatter_(2, order[:, None, :].expand(g, k, s), rank).transpose(1, 2)
+            expert_by_priority = expert.gather(1, order[..., None].expand(g, s, k))
+        else:  # token order: the priority list is the choices as they are
+            expert_by_priority = expert
+        rank = _rank_within_expert(expert_by_priority.transpose(1, 2).reshape(g, k * s), e).view(g, k, s)
+        if self.batch_priority:  # back from priority order to token order
+            rank = torch.empty_like(rank).scatter_(2, order[:, None, :].expand(g, k, s), rank)
+        rank = rank.transpose(1, 2)
         slot = torch.where(rank < capacity, rank, torch.full_like(rank, -1))  # [G, S, K]
 
         kept = slot >= 0
