@@ -5,7 +5,7 @@ Steps (each a subprocess with its own time limit, so one hang or crash does not 
                 suite under the machine's torch (less test_parallel.py, multi-process and CPU-only)
     layer       benchmarks/moe_layer.py at the issue's shapes: 50,176 tokens (256 x 196), D=768, H=3072,
                 E in {8, 32}, k in {1, 2}, cf in {1.0, 1.25}, bf16 parameters: dense, index, grouped, einsum, soft,
-                plus the 8192^3 matmul peak line
+                expert choice (index and grouped), plus the 8192^3 matmul peak line
     peers       the same shapes: dense, grouped, soft, the naive per-expert loop and the PyTorch MoE packages
                 (mixture-of-experts, st-moe-pytorch, soft-moe-pytorch), installed from the wheels under .whl/
                 (benchmarks/fetch_peer_wheels.sh; the device tool carries them with carry=[".whl"])
@@ -61,7 +61,8 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
     else:
         train += ["--pairs", "S/16", "B/16", "--batch-size", "256", "--repeats", "8"]
     plan = [
-        ("layer", 110, layer + ["--impls", "dense", "index", "grouped", "einsum", "soft", "--peak-size",
+        ("layer", 120, layer + ["--impls", "dense", "index", "grouped", "einsum", "soft", "ec_index", "ec_grouped",
+                                "--peak-size",
                                 "256" if smoke else "8192", "--json", str(out / "moe_layer_bf16.json")]),
         # The naive loop and the PyTorch MoE packages (from .whl/, see peer_site) against the same dense rows.
         ("peers", 90, layer + ["--impls", "dense", "grouped", "soft", "loop", "peers", "--peak-size", "0",
@@ -295,6 +296,10 @@ def summarize(out: Path, results: list[dict] | None = None) -> str:
             dropped = by.get(("grouped", e, k, cf), {}).get("dropped")
             lines.append(f"  {e:>3} {k:>2} {cf:>5} {_fmt(dropped):>8} {_fmt(get('index')):>7} "
                          f"{_fmt(get('grouped')):>8} {_fmt(get('einsum')):>7}  {_fmt(get('soft', None)):>6}")
+        ec = [r for r in bf16["rows"] if r["impl"].startswith("ec_") and r.get("vs_dense") is not None]
+        if ec:
+            lines.append("  expert choice, vs dense k=1: " + "; ".join(
+                f"E{r['experts']} cf{r['capacity_factor']} {r['impl'][3:]} {r['vs_dense']:.3f}" for r in ec))
     peers = _load(out / "moe_layer_peers.json")
     if peers:
         lines.append("against the naive loop and the PyTorch MoE packages (same run's dense rows), vs dense:")

@@ -13,6 +13,8 @@ Rows (per number of experts E, choices per token k, capacity factor cf):
     einsum       MoeMlp, top-k router, DenseDispatcher (the [G, S, E, C] one-hot einsums of the official code)
     loop         a Python loop over experts with boolean masks, no capacity limit (host syncs, ragged matmuls)
     soft         MoeMlp, Soft MoE router, slots per expert P = round(S * cf / E)
+    ec_index / ec_grouped   MoeMlp, expert-choice router (each expert takes its top C = ceil(S * cf / E) tokens,
+                 a multiple of 4), index or grouped dispatch
     mixture-of-experts / st-moe-pytorch / soft-moe-pytorch: lucidrains' packages (skipped if not installed;
         mixture-of-experts is top-2 only, st-moe needs k >= 2)
 
@@ -20,12 +22,14 @@ Useful expert FLOPs (what the table's TFLOP/s divide by): 2 matmuls x 3 (forward
 costs) x routed tokens x 2*D*H, i.e.
     top-k, loop, dense:   12 * T * k * D * H        (T tokens; the dense MLP has hidden k*H)
     soft:                 12 * (T/S) * E * P * D * H   (T/S groups of S tokens, E*P slots per group)
+    expert choice:        12 * (T/S) * E * C * D * H   (every slot holds a token)
 Executed FLOPs are what the expert matmuls really compute: the padded buffers 12 * (T/S) * E * C * D * H for
 index / einsum (empty capacity slots included), the kept rows 12 * T * k * (1 - dropped) * D * H for grouped
 (dropped = the measured fraction of token choices that found their expert full, column "dropped"). Router,
 dispatch and combine FLOPs are not counted (they are overhead to minimise). "vs dense" is useful TFLOP/s over the
-dense row's with the same k (the issue's target: >= 0.85); Soft MoE is compared with k=1. Routing groups are one
-image of S tokens (`--seq`, default 196 = a 224px image at patch 16; `--group-size` for V-MoE's multi-image groups).
+dense row's with the same k (the issue's target: >= 0.85); Soft MoE and expert choice are compared with k=1.
+Routing groups are one image of S tokens (`--seq`, default 196 = a 224px image at patch 16; `--group-size` for
+V-MoE's multi-image groups).
 
 Peak line (CUDA by default, `--peak-size 0` turns it off): TFLOP/s of one N^3 matmul in --dtype on random data
 (N = 8192), the ceiling the dense row is measured against.
@@ -129,6 +133,13 @@ def build_cases(args) -> list[dict]:
             if "soft" in impls:
                 add("soft", lambda e=e, p=p: MoeMlp(d, h, e, router="soft", num_slots=p,
                                                     group_size=args.group_size), e, None, cf, useful, useful, p)
+            # Expert choice fills every slot: E x C tokens per group, all of them useful work.
+            c = compute_capacity(args.group_size, e, cf)
+            for impl in ("index", "grouped"):
+                if f"ec_{impl}" in impls:
+                    add(f"ec_{impl}", lambda e=e, cf=cf, impl=impl: MoeMlp(
+                        d, h, e, router="expert_choice", capacity_factor=cf, group_size=args.group_size,
+                        dispatcher=impl), e, None, cf, 12 * g * e * c * d * h, 12 * g * e * c * d * h, c)
             if "peers" in impls:  # routes each image (sequence) as one group
                 p_seq = compute_capacity(s, e, cf, "round", multiple_of=1)
                 add("soft-moe-pytorch", lambda e=e, p=p_seq: _import_soft_moe().SoftMoE(
@@ -242,7 +253,7 @@ def parse_args(argv=None):
     parser.add_argument("--experts", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--capacity-factor", type=float, nargs="+", default=[1.0, 1.25])
-    impls = ["dense", "index", "grouped", "einsum", "loop", "soft", "peers"]
+    impls = ["dense", "index", "grouped", "einsum", "loop", "soft", "ec_index", "ec_grouped", "peers"]
     parser.add_argument("--impls", nargs="+", default=impls, choices=impls)
     parser.add_argument("--autocast", action="store_true", help="fp32 parameters under torch.autocast(--dtype)")
     parser.add_argument("--compile", action="store_true",

@@ -32,7 +32,7 @@ def test_moe_layer_tiny_cpu(tmp_path, capsys):
                                        "--repeats", "1", "--warmup", "0", "--peak-size", "64", "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(payload["rows"], default=str))
     rows = {r["impl"]: r for r in payload["rows"]}
-    impls = ("dense", "index", "grouped", "einsum", "loop", "soft")
+    impls = ("dense", "index", "grouped", "einsum", "loop", "soft", "ec_index", "ec_grouped")
     assert set(impls) <= set(rows)
     for impl in impls:
         assert rows[impl]["ms"] > 0 and rows[impl]["useful_tflops"] > 0, impl
@@ -51,6 +51,11 @@ def test_moe_layer_tiny_cpu(tmp_path, capsys):
     capacity = 80  # ceil(128 * 2 * 1.25 / 4) = 80, already a multiple of 4
     assert rows["index"]["capacity"] == capacity
     assert rows["index"]["executed_flops"] == 12 * (t // s) * e * capacity * d * h
+    ec_capacity = 40  # ceil(128 * 1.25 / 4) = 40, a multiple of 4: every slot computes a token
+    for impl in ("ec_index", "ec_grouped"):
+        assert rows[impl]["capacity"] == ec_capacity
+        assert rows[impl]["useful_flops"] == 12 * (t // s) * e * ec_capacity * d * h == rows[impl]["executed_flops"]
+        assert "vs_dense" not in rows[impl]  # compared with dense k=1, not run here
     slots = 40  # round(128 * 1.25 / 4)
     assert rows["soft"]["capacity"] == slots and rows["soft"]["useful_flops"] == 12 * (t // s) * e * slots * d * h
     for r in payload["rows"]:  # peers: timed when installed, else a reason
@@ -100,7 +105,8 @@ def test_device_check_cpu_smoke(tmp_path, capsys):
                  "moe_layer_compiled.json", "train_step.json", "profile.txt", "device_check.log"):
         assert (tmp_path / name).stat().st_size > 0, name
     layer = json.loads((tmp_path / "moe_layer_bf16.json").read_text())
-    assert {r["impl"] for r in layer["rows"]} == {"dense", "index", "grouped", "einsum", "soft"}
+    assert {r["impl"] for r in layer["rows"]} == {"dense", "index", "grouped", "einsum", "soft", "ec_index",
+                                                  "ec_grouped"}
     compiled = json.loads((tmp_path / "moe_layer_compiled.json").read_text())
     assert compiled["config"]["compile"] and {r["impl"] for r in compiled["rows"] if "ms" in r} == {"dense", "grouped"}
     peers = json.loads((tmp_path / "moe_layer_peers.json").read_text())
