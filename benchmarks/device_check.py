@@ -6,7 +6,7 @@ Steps (each a subprocess with its own time limit, so one hang or crash does not 
     layer       benchmarks/moe_layer.py at the issue's shapes: 50,176 tokens (256 x 196), D=768, H=3072,
                 E in {8, 32}, k in {1, 2}, cf in {1.0, 1.25}, bf16 parameters: dense, index, grouped, einsum, soft,
                 expert choice (index and grouped), plus the 8192^3 matmul peak line
-    peers       the same shapes: dense, grouped, soft, the naive per-expert loop and the PyTorch MoE packages
+    peers       the same shapes: dense, index, grouped, soft, the naive loop and the PyTorch MoE packages
                 (mixture-of-experts, st-moe-pytorch, soft-moe-pytorch), installed from the wheels under .whl/
                 (benchmarks/fetch_peer_wheels.sh; the device tool carries them with carry=[".whl"])
     train       benchmarks/train_step.py, S/16 and B/16 at batch 256 (tens of GB of activations in bf16 autocast),
@@ -19,7 +19,8 @@ Steps (each a subprocess with its own time limit, so one hang or crash does not 
     compile     dense and grouped under torch.compile (inductor), E=8, k=2, cf=1.25
 Steps run in this order until --budget is spent. Then a summary table (printed last). Files under --out:
 device_check.log, pytest_gpu.xml, moe_layer_bf16.json, moe_layer_peers.json, train_step.json,
-moe_layer_autocast.json, moe_layer_groups.json, gmm.json, profile.txt, moe_layer_compiled.json (10 files).
+moe_layer_autocast.json, moe_layer_groups.json, gmm.json, profile.txt, moe_layer_compiled.json, and benchmarks.md
+(benchmarks/report.py: the tables and the issue's targets checked, the draft of docs/benchmarks.md).
 
 `--cpu-smoke` runs the benchmark steps in-process at tiny shapes on the CPU (no pytest: the suite runs those tests
 itself); tests/test_benchmarks.py covers it.
@@ -65,8 +66,8 @@ def steps(out: Path, smoke: bool) -> list[tuple[str, int, list[str]]]:
                                 "--peak-size",
                                 "256" if smoke else "8192", "--json", str(out / "moe_layer_bf16.json")]),
         # The naive loop and the PyTorch MoE packages (from .whl/, see peer_site) against the same dense rows.
-        ("peers", 90, layer + ["--impls", "dense", "grouped", "soft", "loop", "peers", "--peak-size", "0",
-                               "--json", str(out / "moe_layer_peers.json")]),
+        ("peers", 100, layer + ["--impls", "dense", "index", "grouped", "soft", "loop", "peers",
+                                "--peak-size", "0", "--json", str(out / "moe_layer_peers.json")]),
         ("train", 150, train),
         ("autocast", 60, layer + fast + ["--autocast", "--dtype", "bf16",
                                          "--json", str(out / "moe_layer_autocast.json")]),
@@ -375,6 +376,15 @@ def main(argv: list[str] | None = None) -> int:
             site = peer_site(Path(args.wheels), log) if name == "peers" and not args.cpu_smoke else None
             results.append(run_step(name, int(min(limit, left)), step_argv, log, args.cpu_smoke, site))
         text = summarize(out, results)
+        if (out / "moe_layer_bf16.json").is_file():  # the draft of docs/benchmarks.md, targets checked
+            sys.path.insert(0, str(BENCH))
+            try:
+                from report import report
+
+                (out / "benchmarks.md").write_text(report(out))
+                text += f"\ntargets and tables: {out / 'benchmarks.md'} (copy it to docs/benchmarks.md)"
+            except Exception as err:  # noqa: BLE001 - the measurements are written; the summary must still print
+                text += f"\nreport.py failed: {type(err).__name__}: {err}"
         log.write("\n===== summary\n" + text + "\n")
     print("\n===== summary\n" + text, flush=True)
     return 0 if all(r["status"] == "ok" for r in results) else 1
