@@ -70,6 +70,13 @@ def _check_l2(l2: float) -> float:
     return l2
 
 
+def _check_l2_grid(l2_grid: Sequence[float]) -> list[float]:
+    grid = [_check_l2(l2) for l2 in l2_grid]
+    if not grid:
+        raise ValueError("l2_grid is empty")
+    return grid
+
+
 def pm1_targets(labels, num_classes: int) -> np.ndarray:
     """[N, C] one-vs-all targets in {-1, +1} (official: `2 * one_hot(y) - 1`)."""
     labels = _as_labels(labels, "labels")
@@ -208,9 +215,7 @@ def ridge_l2_search(train_feats, train_labels, val_feats, val_labels, num_classe
                     l2_grid: Sequence[float] = DEFAULT_L2_GRID) -> tuple[float, list[float]]:
     """(best l2, validation accuracy per l2) of the official ridge classifier (whitened on the training features)
     fitted once on the training set, the whole grid from one eigendecomposition; ties go to the larger l2."""
-    grid = [_check_l2(l2) for l2 in l2_grid]
-    if not grid:
-        raise ValueError("l2_grid is empty")
+    grid = _check_l2_grid(l2_grid)
     x = _as_float64(train_feats, "train_feats", 2)
     y = _as_labels(train_labels, "train_labels", x.shape[0])
     x_val = _as_float64(val_feats, "val_feats", 2)
@@ -239,9 +244,7 @@ def fewshot_eval(train_feats, train_labels, test_feats, test_labels, shots: Sequ
     """
     if l2_selection not in ("holdout", "test"):
         raise ValueError(f"l2_selection must be 'holdout' or 'test', got {l2_selection!r}")
-    grid = [_check_l2(l2) for l2 in l2_grid]
-    if not grid:
-        raise ValueError("l2_grid is empty")
+    grid = _check_l2_grid(l2_grid)
     x_pool = _as_float64(train_feats, "train_feats", 2)
     y_pool = _as_labels(train_labels, "train_labels", x_pool.shape[0])
     x_test = _as_float64(test_feats, "test_feats", 2)
