@@ -43,7 +43,9 @@ def gshard_loss(gates: torch.Tensor) -> torch.Tensor:
     """
     num_experts = gates.shape[-1]
     mean_gates = gates.mean(dim=1)
-    top1 = torch.nn.functional.one_hot(gates.argmax(dim=-1), num_experts).to(gates.dtype).mean(dim=1)
+    # A comparison rather than F.one_hot, whose range check reads the indices back on the host (a sync on CPU).
+    experts = torch.arange(num_experts, device=gates.device)
+    top1 = (gates.argmax(dim=-1, keepdim=True) == experts).to(gates.dtype).mean(dim=1)
     return (top1 * mean_gates).mean(dim=-1) * num_experts**2
 
 
