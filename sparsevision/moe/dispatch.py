@@ -20,7 +20,7 @@ import abc
 
 import torch
 
-from .grouped import PackedDispatcher
+from .grouped import PackedDispatcher, sum_per_token
 from .routers import Routing
 
 
@@ -100,9 +100,7 @@ class IndexDispatcher(Dispatcher):
         y_flat = torch.cat([y.reshape(-1, d), y.new_zeros(1, d)])
         picked = y_flat.index_select(0, self.buffer_row) * self.weight.to(y.dtype)[:, None]
         g, s = self.num_groups, self.group_size
-        if self.choices_per_token is not None:
-            return picked.view(g, s, self.choices_per_token, d).sum(2)
-        return y.new_zeros(g * s, d).index_add_(0, self.token_row, picked).view(g, s, d)
+        return sum_per_token(picked, g * s, self.choices_per_token, self.token_row).view(g, s, d)
 
 
 DISPATCHERS = ("index", "einsum", "grouped")

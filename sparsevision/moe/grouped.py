@@ -84,6 +84,22 @@ def grouped_mm_usable(x: torch.Tensor, *weights: torch.Tensor) -> bool:
             and all(w.shape[-1] % align == 0 and w.shape[-2] % align == 0 for w in weights))
 
 
+def kept_rows(y: torch.Tensor, row_of_assignment: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """[A, D]: the row of `y` each assignment points at, 0 for dropped assignments (selected, not multiplied:
+    their rows may hold NaN)."""
+    return y.index_select(0, row_of_assignment).masked_fill_(~kept[:, None], 0)
+
+
+def sum_per_token(values: torch.Tensor, num_tokens: int, choices_per_token: int | None,
+                  token_of_assignment: torch.Tensor) -> torch.Tensor:
+    """[A, D] per-assignment values -> [num_tokens, D] sums. Token-major assignments (k adjacent per token,
+    `choices_per_token` = k) are summed by a reshape; otherwise (expert choice) scattered with index_add."""
+    k, d = choices_per_token, values.shape[-1]
+    if k is not None:
+        return values.view(num_tokens, k, d).sum(1) if k > 1 else values
+    return values.new_zeros(num_tokens, d).index_add_(0, token_of_assignment, values)
+
+
 class PackedRows:
     """Which expert owns each packed row, with the index maps the expert matmuls need (see module docstring)."""
 
@@ -190,13 +206,7 @@ class _PackRows(torch.autograd.Function):
         row, kept, token = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
-        d = d_packed.shape[-1]
-        picked = d_packed.index_select(0, row).masked_fill_(~kept[:, None], 0)  # assignment order
-        k = ctx.choices_per_token
-        if k is not None:  # token-major assignments: a token's k rows are adjacent, sum instead of scatter
-            dx = picked.view(ctx.num_tokens, k, d).sum(1) if k > 1 else picked
-        else:
-            dx = picked.new_zeros(ctx.num_tokens, d).index_add_(0, token, picked)
+        dx = sum_per_token(kept_rows(d_packed, row, kept), ctx.num_tokens, ctx.choices_per_token, token)
         return dx, None, None, None, None, None
 
 
@@ -207,14 +217,10 @@ class _CombineRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, row_of_assignment, kept, token_of_assignment, token_of_row, weight_of_row,
                 num_tokens, choices_per_token):
-        picked = y.index_select(0, row_of_assignment).masked_fill_(~kept[:, None], 0)
         ctx.save_for_backward(y, weight, row_of_assignment, kept, token_of_assignment, token_of_row, weight_of_row)
         ctx.num_tokens, ctx.choices_per_token = num_tokens, choices_per_token
-        weighted = picked.mul_(weight.to(y.dtype)[:, None])
-        k, d = choices_per_token, y.shape[-1]
-        if k is not None:
-            return weighted.view(num_tokens, k, d).sum(1) if k > 1 else weighted
-        return weighted.new_zeros(num_tokens, d).index_add_(0, token_of_assignment, weighted)
+        weighted = kept_rows(y, row_of_assignment, kept).mul_(weight.to(y.dtype)[:, None])
+        return sum_per_token(weighted, num_tokens, choices_per_token, token_of_assignment)
 
     @staticmethod
     def backward(ctx, d_out):
@@ -224,7 +230,7 @@ class _CombineRows(torch.autograd.Function):
             # Packed order directly (a gather, no scatter): tail rows get weight 0 times a finite gradient.
             d_y = d_out.index_select(0, token_of_row).mul_(weight_of_row.to(d_out.dtype)[:, None])
         if ctx.needs_input_grad[1]:
-            picked = y.index_select(0, row).masked_fill_(~kept[:, None], 0)
+            picked = kept_rows(y, row, kept)
             k, d = ctx.choices_per_token, y.shape[-1]
             if k is not None:
                 d_w = (picked.view(ctx.num_tokens, k, d) * d_out[:, None, :]).sum(-1).reshape(-1)
