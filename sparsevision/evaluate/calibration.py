@@ -82,6 +82,15 @@ def to_probs(probs_or_logits, inputs: str = "auto") -> np.ndarray:
     return _log_probs(probs_or_logits, inputs)[0]
 
 
+def to_log_probs(probs_or_logits, inputs: str = "auto") -> np.ndarray:
+    """[N, C] float64 log-probabilities (log-softmax of logits, or the log of the probabilities: log 0 = -inf)."""
+    probs, logp, _ = _log_probs(probs_or_logits, inputs)
+    if logp is None:
+        with np.errstate(divide="ignore"):
+            logp = np.log(probs)
+    return logp
+
+
 def top_label(probs_or_logits, labels, inputs: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(confidence [N] float64, correct [N] bool) of the argmax prediction."""
     p = to_probs(probs_or_logits, inputs)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..evaluate.calibration import INPUT_KINDS
+from ..evaluate.calibration import INPUT_KINDS, to_log_probs, to_probs
 
 
 @dataclass(frozen=True)
@@ -47,26 +47,6 @@ class GreedyEnsemble:
         return self.loss_path[-1]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _to_log_probs(pred, inputs: str) -> np.ndarray:
-    x = np.asarray(pred.detach().cpu().double() if hasattr(pred, "detach") else pred, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"each prediction must be a non-empty [N, C] array, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("predictions contain NaN or inf")
-    is_probs = x.min() >= 0 and np.allclose(x.sum(1), 1.0, rtol=0, atol=1e-4)
-    if inputs == "probs" or (inputs == "auto" and is_probs):
-        if x.min() < 0 or x.max() > 1 + 1e-6:
-            raise ValueError(f"probabilities must lie in [0, 1], got range [{x.min()}, {x.max()}]")
-        with np.errstate(divide="ignore"):
-            return np.log(x)
-    return _log_softmax(x)
-
-
 def label_log_probs(predictions: Sequence, labels, inputs: str = "auto") -> np.ndarray:
     """[M, N] float64 log p_m(y_i) of each pool model m (from [N, C] logits or probabilities) at the labels."""
     if inputs not in INPUT_KINDS:
@@ -79,7 +59,7 @@ def label_log_probs(predictions: Sequence, labels, inputs: str = "auto") -> np.n
     y = y.astype(np.int64)
     out = []
     for m, pred in enumerate(predictions):
-        logp = _to_log_probs(pred, inputs)
+        logp = to_log_probs(pred, inputs)
         if logp.shape[0] != y.size:
             raise ValueError(f"prediction {m} has {logp.shape[0]} rows but there are {y.size} labels")
         if y.size and (y.min() < 0 or y.max() >= logp.shape[1]):
@@ -133,7 +113,7 @@ def ensemble_probs(predictions: Sequence, weights, inputs: str = "auto") -> np.n
     for weight, pred in zip(w, predictions):
         if weight == 0:
             continue
-        p = np.exp(_to_log_probs(pred, inputs))
+        p = to_probs(pred, inputs)
         if total is not None and p.shape != total.shape:
             raise ValueError(f"predictions have different shapes: {p.shape} and {total.shape}")
         total = weight * p if total is None else total + weight * p
