@@ -396,6 +396,7 @@ def _check_model_fits_data(config: TrainConfig, from_data: dict) -> None:
 
 
 def _no_sync(model: torch.nn.Module, last: bool):
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: no_sync is the DDP module's
     if last or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()

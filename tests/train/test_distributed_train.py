@@ -3,8 +3,8 @@
 One 2-process job (process start-up dominates the cost) runs, in order: a V-MoE through `train()` (experts sharded
 over both ranks), a 1-process checkpoint resumed on 2 ranks, a dense ViT through the CLI's `--distributed` path
 (with gradient accumulation and crop+flip augmentation, which must also be split exactly), the V-MoE with its
-training step under torch.compile, and last a run in which rank 1 raises. The references are plain one-process runs of the same configs, which share no parallel code: no
-process group, no sharding, no DDP.
+training step under torch.compile in two micro-batches, and last a run in which rank 1 raises. The references are
+plain one-process runs of the same configs, which share no parallel code: no process group, no sharding, no DDP.
 
 Tolerance. Everything runs in float32. The two runs compute the same function but sum in different orders (the
 batch mean over two halves, DDP's all-reduce, the experts' gradients gathered from both ranks), so they differ by
@@ -67,6 +67,7 @@ class Probe(ClassificationObjective):
         self.rank, self.fail_rank, self.fail_call, self.calls = rank, fail_rank, fail_call, 0
         self.experts: dict[str, torch.Tensor] = {}
         self.local_batch = None
+        self.grad_sync: list[bool] = []  # per training call: would DDP all-reduce in this backward?
 
     def build_dataset(self, config, split):
         return build_dataset(config.data.dataset, split=split, image_size=config.data.image_size,
@@ -76,6 +77,8 @@ class Probe(ClassificationObjective):
         if torch.is_grad_enabled():
             self.calls += 1
             self.local_batch = len(batch[1])
+            ddp = getattr(model, "_orig_mod", model)  # under torch.compile the DDP module is wrapped
+            self.grad_sync.append(getattr(ddp, "require_backward_grad_sync", True))
             if self.rank == self.fail_rank and self.calls == self.fail_call:
                 raise RuntimeError(f"injected failure on rank {self.rank}")
         self.experts = {n: p.detach().clone() for n, p in expert_parallel_params(unwrap(model)).items()}
@@ -97,9 +100,12 @@ def _job(ctx: DistributedContext, root: Path) -> dict:
     # 3. Dense ViT (pure DDP) through the command line: `train --distributed` adopts the running process group.
     out["cli"] = dispatcher.main(["train", "--distributed", "--preset", "test", "--out", str(root / "dense2"),
                                   "--no-progress", "--set", *DENSE])
-    # 4. The V-MoE again with the training step traced by torch.compile (aot_eager: the same ops, no codegen).
-    train(_config(root / "moe2_compiled", MOE + ["compile=aot_eager"]), objective=Probe(ctx.rank), progress=False,
-          ctx=ctx)
+    # 4. The V-MoE again with the training step traced by torch.compile (aot_eager: the same ops, no codegen), in
+    # two micro-batches per step (the images are routed one by one, so this is the same function).
+    probe = Probe(ctx.rank)
+    train(_config(root / "moe2_compiled", MOE + ["compile=aot_eager", "accum_steps=2"]), objective=probe,
+          progress=False, ctx=ctx)
+    out["compiled_grad_sync"] = probe.grad_sync
     # 5. Rank 1 raises in its second training step; rank 0 is then waiting for it in the experts' all-to-all.
     start = time.monotonic()
     try:
@@ -180,9 +186,12 @@ def test_two_ranks_train_like_one_process_and_hold_half_of_the_experts(runs):
 
 
 def test_compiled_expert_parallel_training_matches_one_process(runs):
-    root, _ = runs
+    root, results = runs
     worst = _assert_same_losses(_train_records(root / "moe2_compiled"), _train_records(root / "moe1"),
                                 "V-MoE, 2 ranks, compile=aot_eager")
+    # Gradients are all-reduced once per step, in the last micro-batch, through the compiled module too.
+    for rank, result in enumerate(results):
+        assert result["compiled_grad_sync"] == [False, True] * 4, rank
     print(f"compiled V-MoE on 2 ranks: largest loss / grad-norm difference to one process {worst:.2e}")
 
 
