@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     def dataset(split: str, size: int):
         return build_dataset(args.data, split=split, image_size=size, seed=args.data_seed)
 
-    train_ds = dataset("train", config.resize)
+    train_ds = size_probe if config.resize == model_image_size(model) else dataset("train", config.resize)
     if args.max_train_examples is not None and args.max_train_examples < len(train_ds):
         num_classes = train_ds.num_classes
         train_ds = Subset(train_ds, range(args.max_train_examples))
@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(model, train_ds, val_ds, num_classes=num_classes, config=config, mode=args.mode,
                       device=args.device, progress=progress, eval_batch_size=args.eval_batch_size)
     logits, labels = predict_logits(result.model, test_ds, batch_size=args.eval_batch_size, progress=progress)
-    test_accuracy = float((logits.argmax(1) == labels).float().mean())
     calibration = calibration_report(logits.numpy(), labels.numpy(), inputs="logits")
+    test_accuracy = calibration["accuracy"]
 
     out.mkdir(parents=True, exist_ok=True)
     new_overrides = {**overrides, "num_classes": num_classes, "img_size": result.img_size}

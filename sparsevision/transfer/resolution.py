@@ -13,8 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from ..layers.pos_embed import resample_grid
-from ..layers import sincos_2d_pos_embed
+from ..layers import resample_pos_embed, sincos_2d_pos_embed
 from .features import model_image_size
 
 
@@ -53,8 +52,7 @@ def with_resolution(model: nn.Module, img_size: int) -> nn.Module:
     patch_embed.num_patches = grid[0] * grid[1]
     table = model.pos_embed.detach()
     if isinstance(model.pos_embed, nn.Parameter):
-        new_grid = resample_grid(table[0, prefix:], grid)
-        model.pos_embed = nn.Parameter(torch.cat([table[0, :prefix], new_grid])[None].contiguous())
+        model.pos_embed = nn.Parameter(resample_pos_embed(table, grid, prefix).contiguous())
     else:  # fixed sin-cos table: the same function of the new grid (the class token gets zeros, as built)
         new = sincos_2d_pos_embed(*grid, table.shape[-1]).to(table)
         if prefix:
