@@ -104,8 +104,6 @@ def knn_proxy(feats, labels, k: int = DEFAULT_KNN_K, metric: str = DEFAULT_KNN_M
 def linear_proxy(feats, labels, num_classes: int | None = None, l2_grid: Sequence[float] = DEFAULT_L2_GRID,
                  holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION, seed: int = 0) -> tuple[float, float]:
     """(held-out accuracy, chosen l2) of the ridge linear probe fitted on the rest of the training features."""
-    if not l2_grid:
-        raise ValueError("l2_grid is empty")
     x = np.asarray(feats.detach().cpu().double() if hasattr(feats, "detach") else feats, dtype=np.float64)
     y = _labels(labels)
     if x.ndim != 2 or x.shape[0] != y.size:

@@ -130,15 +130,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         if flat[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {flat[key]}")
     for key in ["optim.lr", "optim.weight_decay", "optim.min_lr", "optim.grad_clip_norm", "optim.eps",
-                "distributed.ep_size"]:
+                "optim.momentum", "distributed.ep_size"]:
         if flat[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {flat[key]}")
     if not 0 <= config.loss.label_smoothing < 1:
         raise ValueError(f"loss.label_smoothing must be in [0, 1), got {config.loss.label_smoothing}")
     if not all(0 <= b < 1 for b in config.optim.betas):
         raise ValueError(f"optim.betas must both be in [0, 1), got {config.optim.betas}")
-    if config.optim.momentum < 0:
-        raise ValueError(f"optim.momentum must be >= 0, got {config.optim.momentum}")
     if config.data.batch_size % config.accum_steps:
         raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by "
                          f"accum_steps={config.accum_steps} (each micro-batch must have the same size)")

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..distributed import DistributedContext, DistributedError, collective_guard, get_logger, setup_distributed
+from ..utils.device import resolve_device
 from .config import TrainConfig
 
 TORCHRUN_HINT = "torchrun --nproc-per-node N -m sparsevision.cli train --distributed ..."
@@ -56,11 +57,7 @@ def start(config: TrainConfig, ctx: DistributedContext | None = None) -> tuple[D
     if index:
         raise ValueError(f"device={config.device!r} names one GPU, but under --distributed rank r uses "
                          f"cuda:LOCAL_RANK; set device=cuda or auto")
-    cuda = torch.cuda.is_available()
-    if kind == "auto":
-        kind = "cuda" if cuda else "cpu"
-    if kind == "cuda" and not cuda:
-        raise ValueError("device=cuda but CUDA is not available; use device=cpu (gloo) or auto")
+    kind = resolve_device(kind).type
     local_rank = int(os.environ.get("LOCAL_RANK") or os.environ["RANK"])
     device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
     backend = settings.backend if settings.backend != "auto" else ("nccl" if kind == "cuda" else "gloo")
