@@ -85,20 +85,20 @@ def finetune_candidate(spec: str, name: str, splits: TaskSplits, settings: Finet
                        device: str = "cpu", progress: bool = True) -> list[FinetunedCandidate]:
     """Fine-tune one checkpoint once per lr in `settings.lrs`; val and test logits of every run."""
     from ..models.loading import load_model
-    from ..transfer import default_flip, finetune, hyperrule, model_image_size, predict_logits, replace_head
+    from ..transfer import model_image_size, predict_logits
+    from ..transfer.finetune import finetune_new_head
 
     model, _ = load_model(spec)
     size = model_image_size(model)
     train_ds = splits.get("train", size)
     val_ds, test_ds = splits.get("val", size), splits.get("test", size)
     num_classes = int(train_ds.num_classes)
-    replace_head(model, num_classes, zero_init=True)
     runs = []
     for lr in settings.lrs:
-        config = hyperrule(len(train_ds), batch_size=settings.batch_size, lr=float(lr),
-                           steps_scale=settings.steps_scale, flip=default_flip(splits.data), seed=settings.seed)
-        result = finetune(model, train_ds, None, num_classes=num_classes, config=config, mode=settings.mode,
-                          device=device, progress=progress, eval_batch_size=settings.eval_batch_size)
+        result = finetune_new_head(model, train_ds, None, num_classes=num_classes, task=splits.data, lr=float(lr),
+                                   batch_size=settings.batch_size, steps_scale=settings.steps_scale,
+                                   seed=settings.seed, mode=settings.mode, device=device, progress=progress,
+                                   eval_batch_size=settings.eval_batch_size)
         kwargs = dict(batch_size=settings.eval_batch_size, device=device, progress=progress,
                       max_examples=settings.max_eval_examples)
         val_logits, val_labels = predict_logits(result.model, val_ds, **kwargs)

@@ -31,7 +31,7 @@ from ..train.optim import build_optimizer, set_learning_rate
 from ..utils.device import resolve_device
 from .augment import mixup, mixup_cross_entropy, train_transform
 from .features import extract_features, map_dataset, model_image_size
-from .hyperrule import FinetuneConfig, learning_rate, resize_for_crop
+from .hyperrule import FinetuneConfig, default_flip, hyperrule, learning_rate, resize_for_crop
 from .linear_probe import select_logistic_head
 from .resolution import with_resolution
 
@@ -166,6 +166,21 @@ def finetune(model: nn.Module, train_ds, val_ds=None, *, num_classes: int, confi
                            log_every or max(1, config.steps // 100), eval_batch_size)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def finetune_new_head(model: nn.Module, train_ds, val_ds=None, *, num_classes: int, task: str, lr: float,
+                      batch_size: int = 512, steps_scale: float = 1.0, seed: int = 0, mode: str = "finetune",
+                      device=None, progress: bool = True, eval_batch_size: int = 256,
+                      **config_overrides) -> FinetuneResult:
+    """`finetune` a copy of `model` under a new zero-initialised head of `num_classes` outputs, on the
+    BiT-HyperRule schedule for `len(train_ds)` examples (no random flips on a task whose labels a mirror changes,
+    `default_flip(task)`); `config_overrides` go to `hyperrule`. `model` itself is left as it is, so it can be
+    fine-tuned again (learning-rate sweeps, model selection)."""
+    fresh = replace_head(copy.deepcopy(model), num_classes, zero_init=True)
+    config = hyperrule(len(train_ds), batch_size=batch_size, lr=lr, steps_scale=steps_scale,
+                       flip=default_flip(task), seed=seed, **config_overrides)
+    return finetune(fresh, train_ds, val_ds, num_classes=num_classes, config=config, mode=mode, device=device,
+                    progress=progress, copy_model=False, eval_batch_size=eval_batch_size)
 
 
 # ------------------------------------------------------------------------------------------------- linear probe

@@ -17,7 +17,6 @@ reports accuracy on test:
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,14 +89,12 @@ def ridge_adapt(model, data: TaskData, settings: AdaptSettings, device=None, pro
 
 def _run(model, train, val, task_name: str, num_classes: int, settings: AdaptSettings, lr: float, device,
          progress: bool, **config_overrides):
-    from ..transfer.finetune import finetune, replace_head
-    from ..transfer.hyperrule import default_flip, hyperrule
+    from ..transfer.finetune import finetune_new_head
 
-    fresh = replace_head(copy.deepcopy(model), num_classes, zero_init=True)
-    config = hyperrule(len(train), batch_size=settings.batch_size, lr=lr, steps_scale=settings.steps_scale,
-                       flip=default_flip(task_name), seed=settings.seed, **config_overrides)
-    return finetune(fresh, train, val, num_classes=num_classes, config=config, mode=settings.mode, device=device,
-                    progress=progress, copy_model=False, eval_batch_size=settings.eval_batch_size)
+    return finetune_new_head(model, train, val, num_classes=num_classes, task=task_name, lr=lr,
+                             batch_size=settings.batch_size, steps_scale=settings.steps_scale, seed=settings.seed,
+                             mode=settings.mode, device=device, progress=progress,
+                             eval_batch_size=settings.eval_batch_size, **config_overrides)
 
 
 def _test_accuracy(result, data: TaskData, settings: AdaptSettings, device, progress: bool) -> float:
