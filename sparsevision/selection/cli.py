@@ -136,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"candidate(s) not found: {', '.join(missing)} (each must be a run directory, "
                                 f"checkpoint directory or .safetensors file)")
 
-    scores, details = score_candidates(specs, args.data, proxies, settings, names=names, data_seed=args.data_seed,
-                                       batch_size=args.batch_size, device=args.device, progress=progress)
     splits = TaskSplits(args.data, args.data_seed)
+    scores, details = score_candidates(specs, args.data, proxies, settings, names=names, data_seed=args.data_seed,
+                                       batch_size=args.batch_size, device=args.device, progress=progress,
+                                       splits=splits)
     runs = {}
     if args.ground_truth == "finetune":
         runs = finetune_pool(specs, names, splits, ft_settings, args.device, progress)

@@ -120,11 +120,12 @@ class ProxySettings:
 def score_candidates(specs: Sequence[str], data: str, proxies: Sequence[str],
                      settings: ProxySettings = ProxySettings(), *, names: Sequence[str] | None = None,
                      data_seed: int = 0, batch_size: int = 128, device: str = "cpu",
-                     progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+                     progress: bool = True, splits=None) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
     """({proxy: {name: score}}, {name: details}) for every candidate and requested proxy.
 
     Task-aware proxies load each candidate in turn (`load_model`), extract its pre-logits features of the task's
     train split at the candidate's own input size, and score them; the model is released before the next one.
+    `splits`: a `tuning.TaskSplits` of `data` to share the built datasets with fine-tuning (default: a new one).
     """
     from tqdm.auto import tqdm
 
@@ -137,18 +138,20 @@ def score_candidates(specs: Sequence[str], data: str, proxies: Sequence[str],
         scores["upstream"] = upstream_scores(specs, names, settings.upstream_scores, settings.upstream_metric)
     task_aware = [p for p in proxies if p != "upstream"]
     if task_aware:
-        from ..data import build_dataset
         from ..models.loading import load_model
         from ..transfer.features import extract_features, model_image_size
+        from .tuning import TaskSplits
 
-        datasets = {}
+        splits = splits if splits is not None else TaskSplits(data, data_seed)
+        if (splits.data, splits.seed) != (data, data_seed):
+            raise ValueError(f"splits hold {splits.data!r} (seed {splits.seed}), not the task {data!r} (seed "
+                             f"{data_seed})")
         for spec, name in tqdm(list(zip(specs, names)), desc="proxies", disable=None if progress else True):
             model, model_name = load_model(spec)
             model.to(device)
             size = model_image_size(model)
-            if size not in datasets:
-                datasets[size] = build_dataset(data, split="train", image_size=size, seed=data_seed)
-            subset = train_subset(datasets[size], settings.max_train_examples, settings.seed)
+            train = splits.get("train", size)
+            subset = train_subset(train, settings.max_train_examples, settings.seed)
             feats, labels = extract_features(model, subset, batch_size=batch_size, device=device,
                                              progress=progress, desc=f"features {name}")
             del model
@@ -158,7 +161,7 @@ def score_candidates(specs: Sequence[str], data: str, proxies: Sequence[str],
                 scores["knn"][name] = knn_proxy(feats, labels, settings.knn_k, settings.knn_metric,
                                                 settings.knn_mode, settings.holdout_fraction, settings.seed)
             if "linear" in task_aware:
-                accuracy, l2 = linear_proxy(feats, labels, datasets[size].num_classes, settings.l2_grid,
+                accuracy, l2 = linear_proxy(feats, labels, train.num_classes, settings.l2_grid,
                                             settings.holdout_fraction, settings.seed)
                 scores["linear"][name] = accuracy
                 details[name]["linear_l2"] = l2
